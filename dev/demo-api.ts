@@ -1,0 +1,125 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+/**
+ * The demo API of `waymark dev` and docker compose: `/users/:id` answers per bearer token, so
+ * alice and bob see different data on the same path, and 401 without a known token. Editing a
+ * profile (PUT/PATCH/POST) bumps its path, which is all a backend has to do for live updates.
+ */
+export interface DemoApiOptions {
+  host?: string;
+  port?: number;
+  /** called after every edit with the changed path; the CLI wires it to a Redis PUBLISH */
+  bump?: (path: string) => Promise<void> | void;
+}
+
+export interface DemoApi {
+  readonly url: string;
+  readonly server: Server;
+  close(): Promise<void>;
+}
+
+interface Profile {
+  id: number;
+  name: string;
+  bio: string;
+  email: string;
+  version: number;
+  views: number;
+}
+
+const TOKENS: Record<string, { viewer: string; userId: number }> = {
+  alice: { viewer: 'alice', userId: 1 },
+  bob: { viewer: 'bob', userId: 2 },
+};
+
+function initialProfiles(): Map<number, Profile> {
+  return new Map([
+    [1, { id: 1, name: 'Alice', bio: 'Writes the API.', email: 'alice@example.test', version: 1, views: 0 }],
+    [2, { id: 2, name: 'Bob', bio: 'Watches the API.', email: 'bob@example.test', version: 1, views: 0 }],
+  ]);
+}
+
+function send(res: ServerResponse, status: number, body: unknown): void {
+  res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store' }).end(JSON.stringify(body));
+}
+
+function readJson(req: IncomingMessage, limit = 16 * 1024): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    let size = 0;
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size > limit) { reject(new Error('body too large')); req.destroy(); } else chunks.push(c);
+    });
+    req.on('end', () => {
+      try {
+        const v = chunks.length ? JSON.parse(Buffer.concat(chunks).toString('utf8')) : {};
+        resolve(typeof v === 'object' && v !== null && !Array.isArray(v) ? v : {});
+      } catch (err) {
+        reject(err);
+      }
+    });
+    req.on('error', reject);
+  });
+}
+
+export function createDemoApiHandler(opts: Pick<DemoApiOptions, 'bump'> = {}) {
+  const profiles = initialProfiles();
+  return async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const url = new URL(req.url ?? '/', 'http://demo.invalid');
+    if (url.pathname === '/healthz') return send(res, 200, { ok: true });
+    const match = /^\/users\/(\d+)$/.exec(url.pathname);
+    if (!match) return send(res, 404, { error: 'not found' });
+    const auth = /^Bearer (.+)$/.exec(req.headers.authorization ?? '');
+    const who = auth ? TOKENS[auth[1]] : undefined;
+    if (!who) return send(res, 401, { error: 'a bearer token is required: try alice or bob' });
+    const profile = profiles.get(Number(match[1]));
+    if (!profile) return send(res, 404, { error: 'no such user' });
+    const own = who.userId === profile.id;
+    if (req.method === 'GET') {
+      // The side effect Waymark's refetches must not cause: they carry X-Waymark.
+      if (!req.headers['x-waymark']) profile.views += 1;
+      const { email, ...visible } = profile;
+      return send(res, 200, { ...visible, viewer: who.viewer, ...(own ? { email } : {}) });
+    }
+    if (req.method === 'PUT' || req.method === 'PATCH' || req.method === 'POST') {
+      if (!own) return send(res, 403, { error: `${who.viewer} may only edit their own profile` });
+      let body: Record<string, unknown>;
+      try {
+        body = await readJson(req);
+      } catch {
+        return send(res, 400, { error: 'body must be a JSON object' });
+      }
+      if (typeof body.name === 'string') profile.name = body.name.slice(0, 200);
+      if (typeof body.bio === 'string') profile.bio = body.bio.slice(0, 2000);
+      profile.version += 1;
+      await opts.bump?.(url.pathname);
+      return send(res, 200, { ok: true, version: profile.version });
+    }
+    res.setHeader('allow', 'GET, PUT, PATCH, POST');
+    return send(res, 405, { error: 'method not allowed' });
+  };
+}
+
+export async function startDemoApi(opts: DemoApiOptions = {}): Promise<DemoApi> {
+  const handler = createDemoApiHandler(opts);
+  const server = createServer((req, res) => {
+    handler(req, res).catch(() => { if (!res.headersSent) send(res, 500, { error: 'internal error' }); });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', () => { server.off('error', reject); resolve(); });
+  });
+  const { port } = server.address() as AddressInfo;
+  const host = opts.host && opts.host !== '0.0.0.0' ? opts.host : '127.0.0.1';
+  let closing: Promise<void> | undefined;
+  return {
+    url: `http://${host}:${port}`,
+    server,
+    close() {
+      closing ??= new Promise<void>((resolve) => { server.close(() => resolve()); server.closeAllConnections(); });
+      return closing;
+    },
+  };
+}

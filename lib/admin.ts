@@ -1,0 +1,60 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+export interface AdminState {
+  /** true while joined to the router and subscribed to Redis */
+  ready(): boolean;
+  /** Prometheus text exposition */
+  metrics(): Promise<string> | string;
+}
+
+/** `/healthz` (alive), `/readyz` (joined and subscribed) and `/metrics` on the admin port. */
+export class AdminServer {
+  private server?: Server;
+  private closing?: Promise<void>;
+
+  constructor(private readonly host: string, private readonly port: number, private readonly state: AdminState) {}
+
+  get address(): AddressInfo | undefined {
+    return this.server?.address() as AddressInfo | undefined;
+  }
+
+  async start(): Promise<void> {
+    if (this.server) return;
+    const server = createServer((req, res) => {
+      const path = (req.url ?? '/').split('?')[0];
+      if (req.method !== 'GET' && req.method !== 'HEAD') {
+        res.writeHead(405, { allow: 'GET, HEAD' }).end();
+      } else if (path === '/healthz') {
+        res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
+      } else if (path === '/readyz') {
+        const ready = this.state.ready();
+        res.writeHead(ready ? 200 : 503, { 'content-type': 'text/plain' }).end(ready ? 'ready\n' : 'not ready\n');
+      } else if (path === '/metrics') {
+        Promise.resolve(this.state.metrics()).then(
+          (text) => res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' }).end(text),
+          () => res.writeHead(500).end(),
+        );
+      } else {
+        res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
+      }
+    });
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.port, this.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+  }
+
+  stop(): Promise<void> {
+    this.closing ??= new Promise<void>((resolve) => {
+      if (!this.server?.listening) return resolve();
+      this.server.close(() => resolve());
+      this.server.closeAllConnections();
+    });
+    return this.closing;
+  }
+}

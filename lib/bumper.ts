@@ -1,0 +1,42 @@
+import { Redis } from 'ioredis';
+import { DEFAULTS } from './config.js';
+
+export interface BumperOptions {
+  /** @default 'redis://127.0.0.1:6379' */
+  redisUrl?: string;
+  /** @default 'waymark:bumps' */
+  channel?: string;
+  /** an existing ioredis client to publish on (not closed by close()) */
+  redis?: Redis;
+}
+
+export interface Bumper {
+  /** Publish one bump for one or more paths; resolves with the number of Waymark subscribers that got it. */
+  bump(pathOrPaths: string | string[], opts?: { id?: string }): Promise<number>;
+  close(): Promise<void>;
+}
+
+/** The Node helper for backends: `await createBumper().bump('/users/1')`. */
+export function createBumper(opts: BumperOptions = {}): Bumper {
+  const own = !opts.redis;
+  const redis = opts.redis ?? new Redis(opts.redisUrl ?? DEFAULTS.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 });
+  const channel = opts.channel ?? DEFAULTS.bumpChannel;
+  let closing: Promise<void> | undefined;
+  return {
+    async bump(pathOrPaths, { id } = {}) {
+      const paths = Array.isArray(pathOrPaths) ? pathOrPaths : [pathOrPaths];
+      if (paths.length === 0 || paths.some((p) => typeof p !== 'string' || !p.startsWith('/'))) {
+        throw new TypeError('bump needs one or more origin-relative paths such as "/users/1"');
+      }
+      // The bare-path form is the cheapest for Waymark to parse; JSON only when it carries more.
+      const message = paths.length === 1 && id === undefined && !/\s/.test(paths[0])
+        ? paths[0]
+        : JSON.stringify(paths.length === 1 ? { path: paths[0], ...(id ? { id } : {}) } : { paths, ...(id ? { id } : {}) });
+      return redis.publish(channel, message);
+    },
+    close() {
+      closing ??= own ? redis.quit().then(() => undefined, () => redis.disconnect()) : Promise.resolve();
+      return closing;
+    },
+  };
+}

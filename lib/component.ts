@@ -1,0 +1,295 @@
+import autobahn from 'autobahn';
+import { AdminServer } from './admin.js';
+import { RedisBumpSource, type BumpSource } from './bump-source.js';
+import type { WaymarkConfig } from './config.js';
+import { Dispatcher } from './dispatcher.js';
+import { ConfigError, WaymarkError } from './errors.js';
+import { UndiciFetcher, type Fetcher } from './fetcher.js';
+import { silentLogger, type Logger } from './logger.js';
+import { Metrics } from './metrics.js';
+import { WampPublisher, type Publisher } from './publisher.js';
+import type { Bump, WatchResult } from './types.js';
+import { authorize } from './authorizer.js';
+import {
+  META_ON_LEAVE, PROC_AUTHORIZE, PROC_UNWATCH, PROC_WATCH, sessionTopic,
+} from './uris.js';
+import { callerOf, parseWatchArgs, resolveApiUrl } from './validation.js';
+import { WatchRegistry } from './watch-registry.js';
+
+export interface WaymarkOptions {
+  logger?: Logger;
+  /** seams for tests and embedding; the real implementations are built from the config */
+  fetcher?: Fetcher;
+  bumpSource?: BumpSource;
+  publisher?: Publisher;
+}
+
+type Status = 'idle' | 'starting' | 'running' | 'stopping' | 'stopped';
+
+/**
+ * The composition root: a WAMP component on the router that owns watches, consumes bumps and
+ * pushes Updates. `start()` resolves once joined, registered and subscribed to Redis.
+ */
+export class Waymark {
+  readonly registry: WatchRegistry;
+  readonly metrics = new Metrics();
+  private readonly logger: Logger;
+  private readonly fetcher: Fetcher;
+  private readonly bumpSource: BumpSource;
+  private readonly dispatcher: Dispatcher;
+  private readonly admin?: AdminServer;
+  private connection?: autobahn.Connection;
+  private session?: autobahn.Session;
+  private registrations: autobahn.IRegistration[] = [];
+  private redisSubscribed = false;
+  private status: Status = 'idle';
+  private starting?: Promise<void>;
+  private stopping?: Promise<void>;
+
+  constructor(readonly config: WaymarkConfig, opts: WaymarkOptions = {}) {
+    this.logger = opts.logger ?? silentLogger();
+    this.registry = new WatchRegistry(config.maxWatchesPerSession);
+    this.fetcher = opts.fetcher ?? new UndiciFetcher({
+      apiUrl: config.apiUrl,
+      responseHeaders: config.responseHeaders,
+      maxBodyBytes: config.maxBodyBytes,
+      timeoutMs: config.fetchTimeoutMs,
+      connections: config.fetchConcurrency,
+    });
+    this.bumpSource = opts.bumpSource ?? new RedisBumpSource({
+      redisUrl: config.redisUrl,
+      channel: config.bumpChannel,
+      maxPathBytes: config.maxPathBytes,
+      logger: this.logger.child({ module: 'bump-source' }),
+      onState: (up) => this.setRedisState(up),
+      onMalformed: () => this.metrics.bumpsMalformed.inc(),
+    });
+    this.dispatcher = new Dispatcher({
+      registry: this.registry,
+      fetcher: this.fetcher,
+      publisher: opts.publisher ?? new WampPublisher(() => this.session),
+      logger: this.logger.child({ module: 'dispatcher' }),
+      concurrency: config.fetchConcurrency,
+      pushUnchanged: config.pushUnchanged,
+      metrics: this.metrics,
+    });
+    if (config.adminPort !== 0) {
+      this.admin = new AdminServer(config.adminHost, config.adminPort, {
+        ready: () => this.ready,
+        metrics: () => {
+          this.metrics.watches.set(this.registry.size);
+          this.metrics.sessions.set(this.registry.sessionCount);
+          return this.metrics.registry.metrics();
+        },
+      });
+    }
+  }
+
+  /** Joined to the router and subscribed to the bump channel. */
+  get ready(): boolean {
+    return this.status === 'running' && !!this.session?.isOpen && this.redisSubscribed;
+  }
+
+  /** The WAMP session id of this component while joined. */
+  get sessionId(): number | undefined {
+    return this.session?.id;
+  }
+
+  get adminAddress() {
+    return this.admin?.address;
+  }
+
+  start(): Promise<void> {
+    this.starting ??= this.doStart();
+    return this.starting;
+  }
+
+  stop(): Promise<void> {
+    this.stopping ??= this.doStop();
+    return this.stopping;
+  }
+
+  private async doStart(): Promise<void> {
+    this.status = 'starting';
+    try {
+      await this.admin?.start();
+    } catch (err) {
+      throw new ConfigError('WAYMARK_ADMIN_PORT', `cannot listen on ${this.config.adminHost}:${this.config.adminPort} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    }
+    this.logger.info('connecting to redis', { url: redactUrl(this.config.redisUrl), channel: this.config.bumpChannel });
+    await this.bumpSource.start((bump) => this.onBump(bump));
+    this.setRedisState(true);
+    this.logger.info('joining router', { url: this.config.routerUrl, realm: this.config.realm, authid: this.config.routerAuthid ?? '(anonymous)' });
+    await this.connect();
+    this.status = 'running';
+    this.logger.info('waymark running', { api: this.config.apiUrl });
+  }
+
+  private connect(): Promise<void> {
+    const { routerUrl, realm, routerAuthid, routerTicket } = this.config;
+    return new Promise<void>((resolve, reject) => {
+      let settled = false;
+      const connection = new autobahn.Connection({
+        url: routerUrl,
+        realm,
+        ...(routerAuthid
+          ? { authmethods: ['ticket'], authid: routerAuthid, onchallenge: () => routerTicket ?? '' }
+          : { authmethods: ['anonymous'] }),
+        max_retries: -1,
+        initial_retry_delay: 0.5,
+        max_retry_delay: 10,
+        retry_delay_growth: 1.5,
+      });
+      this.connection = connection;
+      connection.onopen = (session) => {
+        this.session = session;
+        this.metrics.routerConnected.set(1);
+        this.setup(session).then(() => {
+          this.logger.info('joined router', { session: session.id });
+          if (!settled) { settled = true; resolve(); }
+        }, (err: unknown) => {
+          const message = errorText(err);
+          this.logger.error('router setup failed', { error: message });
+          if (!settled) { settled = true; reject(new Error(`router setup failed: ${message}`)); }
+        });
+      };
+      connection.onclose = (reason, details) => {
+        this.session = undefined;
+        this.registrations = [];
+        this.metrics.routerConnected.set(0);
+        const d = details as { reason?: string; message?: string; will_retry?: boolean } | undefined;
+        if (this.status === 'stopping' || this.status === 'stopped') return true;
+        if (!settled && d?.reason && /not_authorized|authentication_failed|no_such_realm|no_such_role/.test(d.reason)) {
+          settled = true;
+          reject(new Error(`router refused the session: ${d.reason}${d.message ? ` (${d.message})` : ''}`));
+          return true;
+        }
+        this.logger.warn('router connection lost', { reason, detail: d?.reason, willRetry: d?.will_retry });
+        return false;
+      };
+      connection.open();
+    });
+  }
+
+  /** Register the procedures and subscribe to meta events; runs again after every reconnect. */
+  private async setup(session: autobahn.Session): Promise<void> {
+    const shared = { invoke: 'roundrobin' } as autobahn.IRegisterOptions;
+    this.registrations = await Promise.all([
+      session.register(PROC_WATCH, (args, kwargs, details) => this.rpc(() => this.watch(args, kwargs, details)), shared),
+      session.register(PROC_UNWATCH, (args, kwargs, details) => this.rpc(() => this.unwatch(args, kwargs, details)), shared),
+      session.register(PROC_AUTHORIZE, (args) => {
+        const [details, uri, action, options] = (args ?? []) as Parameters<typeof authorize>;
+        return authorize(details, uri, action, options);
+      }, shared),
+    ]);
+    await session.subscribe(META_ON_LEAVE, (args) => this.onSessionLeft(args?.[0]));
+  }
+
+  private async rpc<T>(fn: () => Promise<T> | T): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      if (err instanceof WaymarkError) throw new autobahn.Error(err.uri, [err.message]);
+      this.logger.error('procedure failed', { error: errorText(err) });
+      throw err;
+    }
+  }
+
+  private async watch(args: unknown[] | undefined, kwargs: unknown, details: unknown): Promise<WatchResult> {
+    const session = callerOf(details);
+    const { path, headers, snapshot } = parseWatchArgs(args, kwargs as Record<string, unknown>, this.config);
+    resolveApiUrl(this.config.apiUrl, path);
+    const { watch, created, credentialsChanged } = this.registry.upsert(session, path, headers);
+    this.logger.info(created ? 'watch added' : 'watch renewed', {
+      session, watch: watch.id, path, cred: watch.credKey, ...(credentialsChanged ? { credentialsChanged } : {}),
+    });
+    const result: WatchResult = { watch: watch.id, path, topic: sessionTopic(session) };
+    if (snapshot) result.snapshot = await this.dispatcher.snapshot(watch);
+    return result;
+  }
+
+  private unwatch(args: unknown[] | undefined, kwargs: unknown, details: unknown): { removed: number } {
+    const session = callerOf(details);
+    const target = args?.[0] ?? (kwargs as { watch?: unknown } | undefined)?.watch;
+    if (typeof target !== 'string' || target.length === 0) {
+      throw new WaymarkError('invalid_argument', 'unwatch needs a watch id or a path');
+    }
+    const removed = this.registry.remove(session, target);
+    this.logger.info('unwatch', { session, removed });
+    return { removed };
+  }
+
+  private onSessionLeft(id: unknown): void {
+    if (typeof id !== 'number') return;
+    const dropped = this.registry.dropSession(id);
+    if (dropped > 0) this.logger.info('session left, watches dropped', { session: id, dropped });
+  }
+
+  private onBump(bump: Bump): void {
+    this.metrics.bumpsReceived.inc();
+    if (this.status === 'stopping' || this.status === 'stopped') return;
+    this.logger.debug('bump', { bump: bump.id, paths: bump.paths.length });
+    void this.dispatcher.dispatch(bump);
+  }
+
+  private setRedisState(up: boolean): void {
+    this.redisSubscribed = up;
+    this.metrics.redisConnected.set(up ? 1 : 0);
+  }
+
+  /**
+   * Reverse order of start, every step attempted even if one fails: unregister (new watches go
+   * elsewhere), stop bumps, drain in-flight fetches and publishes up to the deadline, leave the
+   * realm, close the HTTP pool and the admin port.
+   */
+  private async doStop(): Promise<void> {
+    await this.starting?.catch(() => undefined);
+    this.status = 'stopping';
+    const steps: Array<[string, () => Promise<unknown>]> = [
+      ['unregister', async () => {
+        const s = this.session;
+        if (s?.isOpen) await Promise.allSettled(this.registrations.map((r) => s.unregister(r)));
+      }],
+      ['bump source', () => this.bumpSource.stop()],
+      ['drain', async () => {
+        const left = await this.dispatcher.drain(this.config.shutdownTimeoutMs);
+        if (left > 0) this.logger.warn('shutdown deadline passed with work in flight', { left });
+      }],
+      ['leave router', async () => {
+        const c = this.connection;
+        if (c?.isOpen) c.close('wamp.close.normal', 'waymark stopping');
+        else if (c) c.close();
+      }],
+      ['fetcher', () => this.fetcher.close()],
+      ['admin', async () => this.admin?.stop()],
+    ];
+    for (const [name, step] of steps) {
+      try {
+        await step();
+      } catch (err) {
+        this.logger.warn('stop step failed', { step: name, error: errorText(err) });
+      }
+    }
+    this.status = 'stopped';
+    this.logger.info('waymark stopped');
+  }
+}
+
+function errorText(err: unknown): string {
+  if (err instanceof autobahn.Error) return `${err.error}${err.args?.[0] ? `: ${String(err.args[0])}` : ''}`;
+  return err instanceof Error ? err.message : String(err);
+}
+
+function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return '(invalid url)';
+  }
+}
+
+export function createWaymark(config: WaymarkConfig, opts: WaymarkOptions = {}): Waymark {
+  return new Waymark(config, opts);
+}

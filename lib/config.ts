@@ -1,0 +1,215 @@
+import { ConfigError } from './errors.js';
+
+/** Request headers Waymark sets itself: a client can never supply them (contract section 2). */
+export const RESERVED_REQUEST_HEADERS: readonly string[] = [
+  'host', 'x-waymark', 'user-agent', 'content-length', 'transfer-encoding', 'connection',
+];
+
+/** Hop-by-hop headers (RFC 9110 7.6.1) and set-cookie never reach a browser. */
+export const NEVER_FORWARDED_RESPONSE_HEADERS: readonly string[] = [
+  'set-cookie', 'set-cookie2', 'connection', 'keep-alive', 'proxy-authenticate', 'proxy-authorization',
+  'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade',
+];
+
+export type LogFormat = 'json' | 'pretty';
+
+/** Everything Waymark can be told, read from the environment in exactly one place. */
+export interface WaymarkConfig {
+  /** @default 'ws://127.0.0.1:8080/ws' (WAYMARK_ROUTER_URL) */
+  routerUrl: string;
+  /** @default 'realm1' (WAYMARK_REALM) */
+  realm: string;
+  /** WAMP-ticket authid; anonymous when unset (WAYMARK_ROUTER_AUTHID) */
+  routerAuthid?: string;
+  /** required with routerAuthid (WAYMARK_ROUTER_TICKET) */
+  routerTicket?: string;
+  /** @default 'redis://127.0.0.1:6379' (WAYMARK_REDIS_URL) */
+  redisUrl: string;
+  /** @default 'waymark:bumps' (WAYMARK_BUMP_CHANNEL) */
+  bumpChannel: string;
+  /** origin plus optional base path, without a trailing slash; required (WAYMARK_API_URL) */
+  apiUrl: string;
+  /** @default 'info' (WAYMARK_LOG_LEVEL) */
+  logLevel: string;
+  /** @default 'json' (WAYMARK_LOG_FORMAT) */
+  logFormat: LogFormat;
+  /** @default '127.0.0.1' (WAYMARK_ADMIN_HOST) */
+  adminHost: string;
+  /** 0 turns the admin server off. @default 8081 (WAYMARK_ADMIN_PORT) */
+  adminPort: number;
+  /** lower-case request header names a client may forward (WAYMARK_FORWARD_HEADERS) */
+  forwardHeaders: readonly string[];
+  /** lower-case response header names pushed to the client (WAYMARK_RESPONSE_HEADERS) */
+  responseHeaders: readonly string[];
+  /** @default false (WAYMARK_PUSH_UNCHANGED) */
+  pushUnchanged: boolean;
+  /** @default 100 (WAYMARK_MAX_WATCHES_PER_SESSION) */
+  maxWatchesPerSession: number;
+  /** @default 2048 (WAYMARK_MAX_PATH_BYTES) */
+  maxPathBytes: number;
+  /** @default 8192 (WAYMARK_MAX_HEADER_BYTES) */
+  maxHeaderBytes: number;
+  /** @default 1048576 (WAYMARK_MAX_BODY_BYTES) */
+  maxBodyBytes: number;
+  /** @default 5000 (WAYMARK_FETCH_TIMEOUT_MS) */
+  fetchTimeoutMs: number;
+  /** @default 64 (WAYMARK_FETCH_CONCURRENCY) */
+  fetchConcurrency: number;
+  /** how long stop() waits for in-flight fetches and publishes. @default 10000 (WAYMARK_SHUTDOWN_TIMEOUT_MS) */
+  shutdownTimeoutMs: number;
+}
+
+export const DEFAULTS = {
+  routerUrl: 'ws://127.0.0.1:8080/ws',
+  realm: 'realm1',
+  redisUrl: 'redis://127.0.0.1:6379',
+  bumpChannel: 'waymark:bumps',
+  logLevel: 'info',
+  logFormat: 'json' as LogFormat,
+  adminHost: '127.0.0.1',
+  adminPort: 8081,
+  forwardHeaders: ['authorization', 'cookie', 'accept', 'accept-language'],
+  responseHeaders: [
+    'content-type', 'etag', 'last-modified', 'cache-control', 'content-language', 'link', 'vary', 'location',
+  ],
+  pushUnchanged: false,
+  maxWatchesPerSession: 100,
+  maxPathBytes: 2048,
+  maxHeaderBytes: 8192,
+  maxBodyBytes: 1048576,
+  fetchTimeoutMs: 5000,
+  fetchConcurrency: 64,
+  shutdownTimeoutMs: 10000,
+} satisfies Omit<WaymarkConfig, 'apiUrl'>;
+
+const LOG_LEVELS = ['error', 'warn', 'info', 'http', 'verbose', 'debug', 'silly'];
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9a-z-]+$/;
+
+type Env = Record<string, string | undefined>;
+
+/**
+ * Parse the WAYMARK_* environment. Every problem is collected, then reported together in one
+ * ConfigError naming the first bad setting, so an operator fixes them in one round.
+ */
+export function loadConfig(env: Env): WaymarkConfig {
+  const problems: Array<[string, string]> = [];
+  const bad = (name: string, msg: string) => problems.push([name, msg]);
+  const str = (name: string, def: string): string => {
+    const v = env[name];
+    if (v === undefined || v === '') return def;
+    return v.trim();
+  };
+  const int = (name: string, def: number, min: number, max = Number.MAX_SAFE_INTEGER): number => {
+    const raw = env[name];
+    if (raw === undefined || raw.trim() === '') return def;
+    if (!/^\d+$/.test(raw.trim())) {
+      bad(name, `must be a whole number, got ${JSON.stringify(raw)}`);
+      return def;
+    }
+    const n = Number(raw.trim());
+    if (n < min || n > max) bad(name, `must be between ${min} and ${max}, got ${n}`);
+    return n;
+  };
+  const bool = (name: string, def: boolean): boolean => {
+    const raw = env[name];
+    if (raw === undefined || raw.trim() === '') return def;
+    const v = raw.trim().toLowerCase();
+    if (['1', 'true', 'yes', 'on'].includes(v)) return true;
+    if (['0', 'false', 'no', 'off'].includes(v)) return false;
+    bad(name, `must be true or false, got ${JSON.stringify(raw)}`);
+    return def;
+  };
+  const list = (name: string, def: readonly string[]): string[] => {
+    const raw = env[name];
+    if (raw === undefined) return [...def];
+    const names = raw.split(',').map((s) => s.trim().toLowerCase()).filter(Boolean);
+    for (const n of names) if (!HEADER_NAME.test(n)) bad(name, `${JSON.stringify(n)} is not a header name`);
+    return [...new Set(names)];
+  };
+  const wsUrl = (name: string, def: string): string => {
+    const v = str(name, def);
+    try {
+      const u = new URL(v);
+      if (u.protocol !== 'ws:' && u.protocol !== 'wss:') bad(name, `must be a ws:// or wss:// URL, got ${v}`);
+    } catch {
+      bad(name, `must be a ws:// or wss:// URL, got ${JSON.stringify(v)}`);
+    }
+    return v;
+  };
+
+  const routerUrl = wsUrl('WAYMARK_ROUTER_URL', DEFAULTS.routerUrl);
+  const realm = str('WAYMARK_REALM', DEFAULTS.realm);
+  const routerAuthid = env.WAYMARK_ROUTER_AUTHID?.trim() || undefined;
+  const routerTicket = env.WAYMARK_ROUTER_TICKET || undefined;
+  if (routerAuthid && !routerTicket) bad('WAYMARK_ROUTER_TICKET', 'is required when WAYMARK_ROUTER_AUTHID is set');
+
+  const redisUrl = str('WAYMARK_REDIS_URL', DEFAULTS.redisUrl);
+  try {
+    const u = new URL(redisUrl);
+    if (u.protocol !== 'redis:' && u.protocol !== 'rediss:') bad('WAYMARK_REDIS_URL', `must be a redis:// or rediss:// URL, got ${u.protocol}`);
+  } catch {
+    bad('WAYMARK_REDIS_URL', 'must be a redis:// or rediss:// URL');
+  }
+  const bumpChannel = str('WAYMARK_BUMP_CHANNEL', DEFAULTS.bumpChannel);
+
+  let apiUrl = '';
+  const rawApi = env.WAYMARK_API_URL?.trim();
+  if (!rawApi) {
+    bad('WAYMARK_API_URL', 'is required: the origin (and optional base path) paths are fetched from, e.g. http://127.0.0.1:8000');
+  } else {
+    try {
+      const u = new URL(rawApi);
+      if (u.protocol !== 'http:' && u.protocol !== 'https:') bad('WAYMARK_API_URL', `must be an http:// or https:// URL, got ${u.protocol}`);
+      else if (u.username || u.password) bad('WAYMARK_API_URL', 'must not carry credentials');
+      else if (u.search || u.hash) bad('WAYMARK_API_URL', 'must not carry a query or fragment');
+      else apiUrl = u.origin + u.pathname.replace(/\/+$/, '');
+    } catch {
+      bad('WAYMARK_API_URL', `is not a URL: ${JSON.stringify(rawApi)}`);
+    }
+  }
+
+  const logLevel = str('WAYMARK_LOG_LEVEL', DEFAULTS.logLevel).toLowerCase();
+  if (!LOG_LEVELS.includes(logLevel)) bad('WAYMARK_LOG_LEVEL', `must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(logLevel)}`);
+  const logFormat = str('WAYMARK_LOG_FORMAT', DEFAULTS.logFormat) as LogFormat;
+  if (logFormat !== 'json' && logFormat !== 'pretty') bad('WAYMARK_LOG_FORMAT', `must be json or pretty, got ${JSON.stringify(logFormat)}`);
+
+  const adminHost = str('WAYMARK_ADMIN_HOST', DEFAULTS.adminHost);
+  const adminPort = int('WAYMARK_ADMIN_PORT', DEFAULTS.adminPort, 0, 65535);
+
+  const forwardHeaders = list('WAYMARK_FORWARD_HEADERS', DEFAULTS.forwardHeaders);
+  for (const h of forwardHeaders) {
+    if (RESERVED_REQUEST_HEADERS.includes(h)) bad('WAYMARK_FORWARD_HEADERS', `${h} is set by Waymark itself and cannot be forwarded`);
+  }
+  const responseHeaders = list('WAYMARK_RESPONSE_HEADERS', DEFAULTS.responseHeaders);
+  for (const h of responseHeaders) {
+    if (NEVER_FORWARDED_RESPONSE_HEADERS.includes(h)) bad('WAYMARK_RESPONSE_HEADERS', `${h} is never pushed to browsers`);
+  }
+
+  const config: WaymarkConfig = {
+    routerUrl,
+    realm,
+    routerAuthid,
+    routerTicket,
+    redisUrl,
+    bumpChannel,
+    apiUrl,
+    logLevel,
+    logFormat,
+    adminHost,
+    adminPort,
+    forwardHeaders,
+    responseHeaders,
+    pushUnchanged: bool('WAYMARK_PUSH_UNCHANGED', DEFAULTS.pushUnchanged),
+    maxWatchesPerSession: int('WAYMARK_MAX_WATCHES_PER_SESSION', DEFAULTS.maxWatchesPerSession, 1),
+    maxPathBytes: int('WAYMARK_MAX_PATH_BYTES', DEFAULTS.maxPathBytes, 16, 65536),
+    maxHeaderBytes: int('WAYMARK_MAX_HEADER_BYTES', DEFAULTS.maxHeaderBytes, 64, 1048576),
+    maxBodyBytes: int('WAYMARK_MAX_BODY_BYTES', DEFAULTS.maxBodyBytes, 0, 1024 * 1024 * 1024),
+    fetchTimeoutMs: int('WAYMARK_FETCH_TIMEOUT_MS', DEFAULTS.fetchTimeoutMs, 1, 600000),
+    fetchConcurrency: int('WAYMARK_FETCH_CONCURRENCY', DEFAULTS.fetchConcurrency, 1, 10000),
+    shutdownTimeoutMs: int('WAYMARK_SHUTDOWN_TIMEOUT_MS', DEFAULTS.shutdownTimeoutMs, 0, 600000),
+  };
+  if (problems.length > 0) {
+    throw new ConfigError(problems[0][0], problems.map(([n, m], i) => (i === 0 ? m : `${n}: ${m}`)).join('; '));
+  }
+  return config;
+}

@@ -1,0 +1,11 @@
+export { createWaymark, Waymark, type WaymarkOptions } from './component.js';
+export { loadConfig, DEFAULTS, type WaymarkConfig } from './config.js';
+export { createBumper, type Bumper, type BumperOptions } from './bumper.js';
+export { WaymarkError, ConfigError } from './errors.js';
+export { authorize } from './authorizer.js';
+export { createLogger } from './logger.js';
+export type { Fetcher } from './fetcher.js';
+export type { Publisher } from './publisher.js';
+export type { BumpSource } from './bump-source.js';
+export type { Update, WatchResult, Bump, FetchRequest, FetchResult } from './types.js';
+export * as uris from './uris.js';

@@ -1,0 +1,21 @@
+import { Counter, Gauge, Registry } from 'prom-client';
+
+/** The component's Prometheus series, one registry per instance (no global state). */
+export class Metrics {
+  readonly registry = new Registry();
+  readonly bumpsReceived = new Counter({ name: 'waymark_bumps_received_total', help: 'Bumps received from Redis', registers: [this.registry] });
+  readonly bumpsMalformed = new Counter({ name: 'waymark_bumps_malformed_total', help: 'Bump messages dropped as malformed', registers: [this.registry] });
+  readonly fetches = new Counter({
+    name: 'waymark_fetches_total', help: 'Upstream fetches by status class', labelNames: ['class'], registers: [this.registry],
+  });
+  readonly publishes = new Counter({ name: 'waymark_publishes_total', help: 'Updates published', registers: [this.registry] });
+  readonly unchangedSkipped = new Counter({ name: 'waymark_unchanged_skipped_total', help: 'Updates not published because nothing changed', registers: [this.registry] });
+  readonly watches = new Gauge({ name: 'waymark_watches', help: 'Watches held by this instance', registers: [this.registry] });
+  readonly sessions = new Gauge({ name: 'waymark_sessions', help: 'Sessions with at least one watch', registers: [this.registry] });
+  readonly routerConnected = new Gauge({ name: 'waymark_router_connected', help: '1 while joined to the router', registers: [this.registry] });
+  readonly redisConnected = new Gauge({ name: 'waymark_redis_subscribed', help: '1 while subscribed to the bump channel', registers: [this.registry] });
+
+  static statusClass(status: number): string {
+    return status === 0 ? 'error' : `${Math.floor(status / 100)}xx`;
+  }
+}

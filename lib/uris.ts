@@ -1,0 +1,29 @@
+/** Every WAMP URI Waymark speaks, in one place (contract sections 2 and 3). */
+
+export const PROC_WATCH = 'waymark.watch';
+export const PROC_UNWATCH = 'waymark.unwatch';
+export const PROC_REFRESH = 'waymark.refresh';
+export const PROC_AUTHORIZE = 'waymark.authorize';
+
+/** Procedures a browser (role `frontend`) may call. */
+export const CLIENT_PROCEDURES: readonly string[] = [PROC_WATCH, PROC_UNWATCH, PROC_REFRESH];
+
+export const SESSION_TOPIC_PREFIX = 'waymark.session.';
+
+/** The private topic of one WAMP session: `waymark.session.<id as decimal digits>`. */
+export function sessionTopic(session: number): string {
+  return SESSION_TOPIC_PREFIX + String(session);
+}
+
+export const META_ON_LEAVE = 'wamp.session.on_leave';
+
+export const ERROR_URIS = {
+  invalid_argument: 'waymark.error.invalid_argument',
+  invalid_path: 'waymark.error.invalid_path',
+  header_not_allowed: 'waymark.error.header_not_allowed',
+  too_many_watches: 'waymark.error.too_many_watches',
+  rate_limited: 'waymark.error.rate_limited',
+  no_caller: 'waymark.error.no_caller',
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_URIS;

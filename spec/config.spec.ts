@@ -1,0 +1,61 @@
+import { expect } from 'chai';
+import { ConfigError } from '../lib/errors.js';
+import { DEFAULTS, loadConfig } from '../lib/config.js';
+
+function configError(env: Record<string, string>): ConfigError {
+  try {
+    loadConfig(env);
+  } catch (err) {
+    expect(err).to.be.instanceOf(ConfigError);
+    return err as ConfigError;
+  }
+  throw new Error('expected a ConfigError');
+}
+
+describe('config', function () {
+  it('applies the contract defaults', function () {
+    const c = loadConfig({ WAYMARK_API_URL: 'http://api:8000/v1/' });
+    expect(c.apiUrl).to.equal('http://api:8000/v1');
+    expect(c).to.include({
+      routerUrl: 'ws://127.0.0.1:8080/ws', realm: 'realm1', redisUrl: 'redis://127.0.0.1:6379', bumpChannel: 'waymark:bumps',
+      logLevel: 'info', adminPort: 8081, adminHost: '127.0.0.1', pushUnchanged: false, maxWatchesPerSession: 100,
+      maxPathBytes: 2048, maxHeaderBytes: 8192, maxBodyBytes: 1048576, fetchTimeoutMs: 5000, fetchConcurrency: 64,
+    });
+    expect(c.routerAuthid).to.equal(undefined);
+    expect(c.forwardHeaders).to.deep.equal(DEFAULTS.forwardHeaders);
+    expect(c.responseHeaders).to.deep.equal(DEFAULTS.responseHeaders);
+  });
+  it('names WAYMARK_API_URL when it is missing', function () {
+    const err = configError({});
+    expect(err.setting).to.equal('WAYMARK_API_URL');
+    expect(err.message).to.match(/^WAYMARK_API_URL: is required/);
+  });
+  const bad: Array<[string, Record<string, string>]> = [
+    ['WAYMARK_API_URL', { WAYMARK_API_URL: 'ftp://x' }],
+    ['WAYMARK_API_URL', { WAYMARK_API_URL: 'http://user:pw@x' }],
+    ['WAYMARK_ROUTER_URL', { WAYMARK_ROUTER_URL: 'http://x/ws' }],
+    ['WAYMARK_REDIS_URL', { WAYMARK_REDIS_URL: 'http://x' }],
+    ['WAYMARK_ROUTER_TICKET', { WAYMARK_ROUTER_AUTHID: 'waymark' }],
+    ['WAYMARK_LOG_LEVEL', { WAYMARK_LOG_LEVEL: 'loud' }],
+    ['WAYMARK_ADMIN_PORT', { WAYMARK_ADMIN_PORT: '70000' }],
+    ['WAYMARK_FETCH_TIMEOUT_MS', { WAYMARK_FETCH_TIMEOUT_MS: '5s' }],
+    ['WAYMARK_FETCH_CONCURRENCY', { WAYMARK_FETCH_CONCURRENCY: '0' }],
+    ['WAYMARK_PUSH_UNCHANGED', { WAYMARK_PUSH_UNCHANGED: 'maybe' }],
+    ['WAYMARK_FORWARD_HEADERS', { WAYMARK_FORWARD_HEADERS: 'cookie,host' }],
+    ['WAYMARK_FORWARD_HEADERS', { WAYMARK_FORWARD_HEADERS: 'bad header' }],
+    ['WAYMARK_RESPONSE_HEADERS', { WAYMARK_RESPONSE_HEADERS: 'etag,set-cookie' }],
+    ['WAYMARK_MAX_WATCHES_PER_SESSION', { WAYMARK_MAX_WATCHES_PER_SESSION: '-1' }],
+  ];
+  for (const [setting, env] of bad) {
+    it(`names ${setting} for ${JSON.stringify(env)}`, function () {
+      const err = configError({ WAYMARK_API_URL: 'http://api:8000', ...env });
+      expect(err.setting).to.equal(setting);
+      expect(err.message.split('\n')).to.have.length(1);
+    });
+  }
+  it('reports every problem in one line', function () {
+    const err = configError({ WAYMARK_LOG_LEVEL: 'loud', WAYMARK_FETCH_CONCURRENCY: 'x' });
+    expect(err.message).to.include('WAYMARK_API_URL').and.include('WAYMARK_LOG_LEVEL').and.include('WAYMARK_FETCH_CONCURRENCY');
+    expect(err.message).not.to.include('\n');
+  });
+});

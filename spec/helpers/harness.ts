@@ -1,0 +1,48 @@
+import { Writable } from 'node:stream';
+import { Redis } from 'ioredis';
+import { createWaymark, type Waymark } from '../../lib/component.js';
+import { loadConfig } from '../../lib/config.js';
+import { createLogger } from '../../lib/logger.js';
+import { randomChannel, testEnv } from './env.js';
+
+export interface Harness {
+  waymark: Waymark;
+  channel: string;
+  /** every log line the component wrote, at debug level */
+  logs: string[];
+  /** PUBLISH a raw message on this harness's bump channel */
+  bump(message: string): Promise<number>;
+  close(): Promise<void>;
+}
+
+/** A real component on the test router and Redis, with its own random bump channel. */
+export async function startWaymark(apiUrl: string, env: Record<string, string> = {}): Promise<Harness> {
+  const channel = randomChannel();
+  const config = loadConfig({
+    WAYMARK_ROUTER_URL: testEnv.routerUrl,
+    WAYMARK_REALM: testEnv.realm,
+    WAYMARK_ROUTER_AUTHID: testEnv.authid,
+    WAYMARK_ROUTER_TICKET: testEnv.ticket,
+    WAYMARK_REDIS_URL: testEnv.redisUrl,
+    WAYMARK_BUMP_CHANNEL: channel,
+    WAYMARK_API_URL: apiUrl,
+    WAYMARK_ADMIN_PORT: '0',
+    WAYMARK_LOG_LEVEL: 'debug',
+    ...env,
+  });
+  const logs: string[] = [];
+  const stream = new Writable({ write(chunk, _enc, cb) { logs.push(String(chunk)); cb(); } });
+  const waymark = createWaymark(config, { logger: createLogger({ level: 'debug', stream }) });
+  await waymark.start();
+  const pub = new Redis(testEnv.redisUrl);
+  return {
+    waymark,
+    channel,
+    logs,
+    bump: (message) => pub.publish(channel, message),
+    async close() {
+      await waymark.stop();
+      await pub.quit();
+    },
+  };
+}
