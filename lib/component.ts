@@ -10,10 +10,11 @@ import { Metrics } from './metrics.js';
 import { WampPublisher, type Publisher } from './publisher.js';
 import type { Bump, WatchResult } from './types.js';
 import { authorize } from './authorizer.js';
+import { SessionRateLimiter } from './rate-limiter.js';
 import {
-  META_ON_LEAVE, PROC_AUTHORIZE, PROC_UNWATCH, PROC_WATCH, sessionTopic,
+  META_ON_LEAVE, PROC_AUTHORIZE, PROC_REFRESH, PROC_UNWATCH, PROC_WATCH, sessionTopic,
 } from './uris.js';
-import { callerOf, parseWatchArgs, resolveApiUrl } from './validation.js';
+import { callerOf, parseCredentials, parseWatchArgs, resolveApiUrl } from './validation.js';
 import { WatchRegistry } from './watch-registry.js';
 
 export interface WaymarkOptions {
@@ -38,6 +39,7 @@ export class Waymark {
   private readonly bumpSource: BumpSource;
   private readonly dispatcher: Dispatcher;
   private readonly admin?: AdminServer;
+  private readonly rateLimiter: SessionRateLimiter;
   private connection?: autobahn.Connection;
   private session?: autobahn.Session;
   private registrations: autobahn.IRegistration[] = [];
@@ -49,6 +51,7 @@ export class Waymark {
   constructor(readonly config: WaymarkConfig, opts: WaymarkOptions = {}) {
     this.logger = opts.logger ?? silentLogger();
     this.registry = new WatchRegistry(config.maxWatchesPerSession);
+    this.rateLimiter = new SessionRateLimiter(config.rateLimit, config.rateBurst);
     this.fetcher = opts.fetcher ?? new UndiciFetcher({
       apiUrl: config.apiUrl,
       responseHeaders: config.responseHeaders,
@@ -175,8 +178,9 @@ export class Waymark {
   private async setup(session: autobahn.Session): Promise<void> {
     const shared = { invoke: 'roundrobin' } as autobahn.IRegisterOptions;
     this.registrations = await Promise.all([
-      session.register(PROC_WATCH, (args, kwargs, details) => this.rpc(() => this.watch(args, kwargs, details)), shared),
-      session.register(PROC_UNWATCH, (args, kwargs, details) => this.rpc(() => this.unwatch(args, kwargs, details)), shared),
+      session.register(PROC_WATCH, (args, kwargs, details) => this.rpc(details, (caller) => this.watch(caller, args, kwargs)), shared),
+      session.register(PROC_UNWATCH, (args, kwargs, details) => this.rpc(details, (caller) => this.unwatch(caller, args, kwargs)), shared),
+      session.register(PROC_REFRESH, (args, kwargs, details) => this.rpc(details, (caller) => this.refresh(caller, args, kwargs)), shared),
       session.register(PROC_AUTHORIZE, (args) => {
         const [details, uri, action, options] = (args ?? []) as Parameters<typeof authorize>;
         return authorize(details, uri, action, options);
@@ -185,9 +189,14 @@ export class Waymark {
     await session.subscribe(META_ON_LEAVE, (args) => this.onSessionLeft(args?.[0]));
   }
 
-  private async rpc<T>(fn: () => Promise<T> | T): Promise<T> {
+  /** Every client procedure: identify the caller, apply its rate limit, map errors to their URI. */
+  private async rpc<T>(details: unknown, fn: (caller: number) => Promise<T> | T): Promise<T> {
     try {
-      return await fn();
+      const caller = callerOf(details);
+      if (!this.rateLimiter.take(caller)) {
+        throw new WaymarkError('rate_limited', `more than ${this.config.rateLimit} calls per second (burst ${this.config.rateBurst}); slow down`);
+      }
+      return await fn(caller);
     } catch (err) {
       if (err instanceof WaymarkError) throw new autobahn.Error(err.uri, [err.message]);
       this.logger.error('procedure failed', { error: errorText(err) });
@@ -195,21 +204,41 @@ export class Waymark {
     }
   }
 
-  private async watch(args: unknown[] | undefined, kwargs: unknown, details: unknown): Promise<WatchResult> {
-    const session = callerOf(details);
+  private async watch(session: number, args: unknown[] | undefined, kwargs: unknown): Promise<WatchResult> {
     const { path, headers, snapshot } = parseWatchArgs(args, kwargs as Record<string, unknown>, this.config);
     resolveApiUrl(this.config.apiUrl, path);
-    const { watch, created, credentialsChanged } = this.registry.upsert(session, path, headers);
+    const { watch, created, credentialsChanged, resumed } = this.registry.upsert(session, path, headers);
     this.logger.info(created ? 'watch added' : 'watch renewed', {
-      session, watch: watch.id, path, cred: watch.credKey, ...(credentialsChanged ? { credentialsChanged } : {}),
+      session, watch: watch.id, path, cred: watch.credKey, ...(credentialsChanged ? { credentialsChanged, resumed } : {}),
     });
     const result: WatchResult = { watch: watch.id, path, topic: sessionTopic(session) };
     if (snapshot) result.snapshot = await this.dispatcher.snapshot(watch);
+    // A resumed watch may have missed changes while suspended: catch up once.
+    else if (resumed) void this.dispatcher.refetch(watch, 'refresh');
     return result;
   }
 
-  private unwatch(args: unknown[] | undefined, kwargs: unknown, details: unknown): { removed: number } {
-    const session = callerOf(details);
+  /** `waymark.refresh({token?, headers?})`: new credentials for all the caller's watches. */
+  private refresh(session: number, args: unknown[] | undefined, kwargs: unknown): { updated: number } {
+    const positional = args?.[0];
+    if (positional !== undefined && positional !== null && (typeof positional !== 'object' || Array.isArray(positional))) {
+      throw new WaymarkError('invalid_argument', 'refresh takes an object: { token?, headers? }');
+    }
+    const options = { ...(positional as Record<string, unknown> | undefined), ...(kwargs as Record<string, unknown> | undefined) };
+    const headers = parseCredentials(options, this.config);
+    const watches = this.registry.forSession(session);
+    let resumed = 0;
+    for (const watch of watches) {
+      if (this.registry.replaceCredentials(watch, headers)) {
+        resumed += 1;
+        void this.dispatcher.refetch(watch, 'refresh');
+      }
+    }
+    this.logger.info('credentials refreshed', { session, updated: watches.length, resumed });
+    return { updated: watches.length };
+  }
+
+  private unwatch(session: number, args: unknown[] | undefined, kwargs: unknown): { removed: number } {
     const target = args?.[0] ?? (kwargs as { watch?: unknown } | undefined)?.watch;
     if (typeof target !== 'string' || target.length === 0) {
       throw new WaymarkError('invalid_argument', 'unwatch needs a watch id or a path');
@@ -222,6 +251,7 @@ export class Waymark {
   private onSessionLeft(id: unknown): void {
     if (typeof id !== 'number') return;
     const dropped = this.registry.dropSession(id);
+    this.rateLimiter.forget(id);
     if (dropped > 0) this.logger.info('session left, watches dropped', { session: id, dropped });
   }
 

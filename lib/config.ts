@@ -55,6 +55,10 @@ export interface WaymarkConfig {
   fetchTimeoutMs: number;
   /** @default 64 (WAYMARK_FETCH_CONCURRENCY) */
   fetchConcurrency: number;
+  /** watch/unwatch/refresh calls per second per session (token bucket refill). @default 20 (WAYMARK_RATE_LIMIT) */
+  rateLimit: number;
+  /** calls a session may make at once before the rate applies. @default 100 (WAYMARK_RATE_BURST) */
+  rateBurst: number;
   /** how long stop() waits for in-flight fetches and publishes. @default 10000 (WAYMARK_SHUTDOWN_TIMEOUT_MS) */
   shutdownTimeoutMs: number;
 }
@@ -79,6 +83,8 @@ export const DEFAULTS = {
   maxBodyBytes: 1048576,
   fetchTimeoutMs: 5000,
   fetchConcurrency: 64,
+  rateLimit: 20,
+  rateBurst: 100,
   shutdownTimeoutMs: 10000,
 } satisfies Omit<WaymarkConfig, 'apiUrl'>;
 
@@ -206,6 +212,8 @@ export function loadConfig(env: Env): WaymarkConfig {
     maxBodyBytes: int('WAYMARK_MAX_BODY_BYTES', DEFAULTS.maxBodyBytes, 0, 1024 * 1024 * 1024),
     fetchTimeoutMs: int('WAYMARK_FETCH_TIMEOUT_MS', DEFAULTS.fetchTimeoutMs, 1, 600000),
     fetchConcurrency: int('WAYMARK_FETCH_CONCURRENCY', DEFAULTS.fetchConcurrency, 1, 10000),
+    rateLimit: int('WAYMARK_RATE_LIMIT', DEFAULTS.rateLimit, 1, 1_000_000),
+    rateBurst: int('WAYMARK_RATE_BURST', DEFAULTS.rateBurst, 1, 1_000_000),
     shutdownTimeoutMs: int('WAYMARK_SHUTDOWN_TIMEOUT_MS', DEFAULTS.shutdownTimeoutMs, 0, 600000),
   };
   if (problems.length > 0) {

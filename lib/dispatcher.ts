@@ -17,6 +17,9 @@ export interface DispatcherOptions {
   metrics: Metrics;
 }
 
+/** Statuses that mean the credentials are dead: the watch is suspended after pushing them. */
+const CREDENTIALS_REJECTED = new Set([401, 403]);
+
 function toUpdate(watch: Watch, result: FetchResult, bump: Bump | null): Update {
   return { watch: watch.id, path: watch.path, ...result, bump: bump ? { id: bump.id, at: bump.at } : null };
 }
@@ -46,7 +49,9 @@ export class Dispatcher {
   dispatch(bump: Bump): Promise<void> {
     const tasks: Promise<void>[] = [];
     for (const path of bump.paths) {
-      for (const watch of this.opts.registry.byPath(path)) tasks.push(this.track(this.refresh(watch, bump)));
+      for (const watch of this.opts.registry.byPath(path)) {
+        if (!watch.suspended) tasks.push(this.track(this.refresh(watch, bump, bump.id)));
+      }
     }
     if (tasks.length === 0) this.opts.logger.debug('bump matched no watch', { bump: bump.id, paths: bump.paths.length });
     return Promise.all(tasks).then(() => undefined);
@@ -57,7 +62,13 @@ export class Dispatcher {
     const result = await this.limiter.run(() => this.opts.fetcher.fetch({ path: watch.path, headers: watch.headers, reason: 'snapshot' }));
     this.opts.metrics.fetches.inc({ class: Metrics.statusClass(result.status) });
     watch.lastSent = { status: result.status, bodyHash: bodyHash(result) };
+    if (CREDENTIALS_REJECTED.has(result.status)) watch.suspended = true;
     return toUpdate(watch, result, null);
+  }
+
+  /** Refetch one watch outside a bump (after new credentials); publishes only what changed. */
+  refetch(watch: Watch, reason: string): Promise<void> {
+    return this.track(this.refresh(watch, null, reason));
   }
 
   /** Wait for in-flight work, up to a deadline. Returns how many tasks were still running. */
@@ -75,13 +86,13 @@ export class Dispatcher {
     return p.finally(() => this.inFlight.delete(p));
   }
 
-  private async refresh(watch: Watch, bump: Bump): Promise<void> {
+  private async refresh(watch: Watch, bump: Bump | null, reason: string): Promise<void> {
     const { registry, fetcher, publisher, logger } = this.opts;
     const headers = watch.headers;
     const result = await this.limiter.run(() => {
       // The session may have left while this waited for a slot: that costs no request.
-      if (!registry.isLive(watch)) return Promise.resolve(null);
-      return fetcher.fetch({ path: watch.path, headers, reason: bump.id });
+      if (!registry.isLive(watch) || watch.suspended) return Promise.resolve(null);
+      return fetcher.fetch({ path: watch.path, headers, reason });
     });
     if (!result) return;
     this.opts.metrics.fetches.inc({ class: Metrics.statusClass(result.status) });
@@ -91,6 +102,11 @@ export class Dispatcher {
       logger.warn('fetch failed', { watch: watch.id, session: watch.session, cred: watch.credKey, code: result.error.code, status: result.status });
     }
     const hash = bodyHash(result);
+    if (CREDENTIALS_REJECTED.has(result.status)) {
+      // Push the 401/403 (below), then stop fetching with credentials the API refused.
+      watch.suspended = true;
+      logger.info('watch suspended: credentials rejected', { watch: watch.id, session: watch.session, status: result.status });
+    }
     if (!this.opts.pushUnchanged && watch.lastSent && watch.lastSent.status === result.status && watch.lastSent.bodyHash === hash) {
       this.opts.metrics.unchangedSkipped.inc();
       logger.debug('unchanged, not published', { watch: watch.id, session: watch.session });

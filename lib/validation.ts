@@ -40,10 +40,22 @@ export function validatePath(path: unknown, maxBytes: number): string {
   const pathname = q === -1 ? path : path.slice(0, q);
   if (pathname.includes('//')) throw new WaymarkError('invalid_path', 'path must not contain "//"');
   for (const seg of pathname.split('/').slice(1)) {
-    const once = decodeOnce(seg);
-    const twice = once === null ? null : decodeOnce(once);
-    if (badSegment(seg) || once === null || badSegment(once) || (twice !== null && badSegment(twice))) {
-      throw new WaymarkError('invalid_path', 'path must not contain "." or ".." segments or encoded "/", "\\" or control characters');
+    // Decode until stable (a few rounds at most): whatever layer behind the API decodes once
+    // more must still not see a dot segment, a slash or a control character.
+    let current = seg;
+    for (let round = 0; ; round++) {
+      if (badSegment(current)) {
+        throw new WaymarkError('invalid_path', 'path must not contain "." or ".." segments or encoded "/", "\\" or control characters');
+      }
+      if (round === 4) break;
+      const next = decodeOnce(current);
+      if (next === null) {
+        // a %-sequence that is not valid UTF-8 (overlong forms such as %c0%ae included)
+        if (round === 0) throw new WaymarkError('invalid_path', 'path has a percent escape that is not valid UTF-8');
+        break;
+      }
+      if (next === current) break;
+      current = next;
     }
   }
   return path;

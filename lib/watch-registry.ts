@@ -11,12 +11,16 @@ export interface Watch {
   credKey: string;
   /** status and body hash of the last Update this session received for the watch */
   lastSent?: { status: number; bodyHash: string };
+  /** set by a 401/403: no fetch with dead credentials until new ones arrive */
+  suspended?: boolean;
 }
 
 export interface UpsertResult {
   watch: Watch;
   created: boolean;
   credentialsChanged: boolean;
+  /** the watch was suspended by a 401/403 and new credentials resumed it */
+  resumed: boolean;
 }
 
 /**
@@ -59,13 +63,8 @@ export class WatchRegistry {
     const existing = this.byId.get(id);
     if (existing) {
       const credentialsChanged = existing.credKey !== credKey;
-      if (credentialsChanged) {
-        existing.headers = headers;
-        existing.credKey = credKey;
-        // Other credentials may see other data: the next result is new to this session.
-        existing.lastSent = undefined;
-      }
-      return { watch: existing, created: false, credentialsChanged };
+      const resumed = credentialsChanged && this.replaceCredentials(existing, headers);
+      return { watch: existing, created: false, credentialsChanged, resumed };
     }
     const own = this.bySession.get(session);
     if ((own?.size ?? 0) >= this.maxPerSession) {
@@ -75,7 +74,26 @@ export class WatchRegistry {
     this.byId.set(id, watch);
     addTo(this.bySession, session, watch);
     addTo(this.byPathIndex, path, watch);
-    return { watch, created: true, credentialsChanged: false };
+    return { watch, created: true, credentialsChanged: false, resumed: false };
+  }
+
+  /**
+   * New credentials resume a suspended watch. `lastSent` stays: a rotated token that sees the same
+   * data pushes nothing, while other data differs in its body and is pushed anyway.
+   * Returns whether the watch was suspended.
+   */
+  replaceCredentials(watch: Watch, headers: ForwardHeaders): boolean {
+    const wasSuspended = watch.suspended === true;
+    watch.headers = headers;
+    watch.credKey = credentialsKey(headers);
+    watch.suspended = false;
+    return wasSuspended;
+  }
+
+  /** The watches of one session, as a snapshot array. */
+  forSession(session: SessionId): Watch[] {
+    const set = this.bySession.get(session);
+    return set ? [...set] : [];
   }
 
   /** Remove the caller's watch with this id, or every watch of the caller on this path. */

@@ -84,7 +84,7 @@ describe('dispatcher', function () {
     expect(publisher.published).to.have.length(2);
   });
 
-  it('counts new credentials as new: the next result is published', async function () {
+  it('publishes what new credentials see', async function () {
     registry.upsert(1, '/a', { authorization: 'Bearer same' });
     await dispatcher.dispatch(bump('/a'));
     registry.upsert(1, '/a', { cookie: 'x' });

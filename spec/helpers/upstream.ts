@@ -27,18 +27,30 @@ export const upstreamVersion = { value: 1 };
 export class Upstream {
   readonly requests: SeenRequest[] = [];
   handler: Handler = echoToken;
+  /** requests being answered right now, and the most seen at once */
+  active = 0;
+  maxActive = 0;
   private server?: Server;
 
+  constructor(private readonly host = '127.0.0.1') {}
+
+  get port(): number {
+    return (this.server!.address() as AddressInfo).port;
+  }
+
   get url(): string {
-    return `http://127.0.0.1:${(this.server!.address() as AddressInfo).port}`;
+    return `http://${this.host}:${this.port}`;
   }
 
   async start(): Promise<this> {
     this.server = createServer((req, res) => {
       this.requests.push({ method: req.method ?? '', path: req.url ?? '', headers: req.headers });
+      this.active += 1;
+      this.maxActive = Math.max(this.maxActive, this.active);
+      res.on('close', () => { this.active -= 1; });
       this.handler(req, res);
     });
-    await new Promise<void>((resolve) => this.server!.listen(0, '127.0.0.1', resolve));
+    await new Promise<void>((resolve) => this.server!.listen(0, this.host, resolve));
     return this;
   }
 
