@@ -82,6 +82,7 @@ export class Waymark {
         metrics: () => {
           this.metrics.watches.set(this.registry.size);
           this.metrics.sessions.set(this.registry.sessionCount);
+          this.metrics.queueDepth.set(this.dispatcher.queued);
           return this.metrics.registry.metrics();
         },
       });

@@ -1,10 +1,9 @@
 import { createHash } from 'node:crypto';
 import type { Fetcher } from './fetcher.js';
-import { Limiter } from './limiter.js';
 import type { Logger } from './logger.js';
 import { Metrics } from './metrics.js';
 import type { Publisher } from './publisher.js';
-import type { Bump, FetchResult, Update } from './types.js';
+import type { Bump, FetchResult, Update, Validators } from './types.js';
 import type { Watch, WatchRegistry } from './watch-registry.js';
 
 export interface DispatcherOptions {
@@ -12,112 +11,312 @@ export interface DispatcherOptions {
   fetcher: Fetcher;
   publisher: Publisher;
   logger: Logger;
+  /** upstream requests in flight, snapshots included */
   concurrency: number;
   pushUnchanged: boolean;
   metrics: Metrics;
+  /** the longest pause a Retry-After may impose. @default 60000 */
+  maxRetryAfterMs?: number;
+}
+
+/** What made a group fetch: a bump, or a catch-up after new credentials (`bump: null`). */
+interface Trigger {
+  reason: string;
+  bump: Bump | null;
+}
+
+/**
+ * One (path, credentials) pair: every watch in it would make the byte-identical request, so
+ * one fetch serves them all (dedupe). A group is queued at most once; bumps that arrive while
+ * it is queued or running only replace its next trigger (coalesce), so a burst of bumps costs
+ * at most the fetch in flight plus one more.
+ */
+interface Group {
+  key: string;
+  path: string;
+  credKey: string;
+  state: 'idle' | 'queued' | 'running';
+  next: Trigger | null;
+  /** one retry per trigger after a 429/503 with Retry-After */
+  retried: boolean;
+  /** validators of the last 200 this group delivered, and what it delivered */
+  validators?: Validators & { status: number; bodyHash: string };
 }
 
 /** Statuses that mean the credentials are dead: the watch is suspended after pushing them. */
 const CREDENTIALS_REJECTED = new Set([401, 403]);
+const BACK_OFF = new Set([429, 503]);
 
-function toUpdate(watch: Watch, result: FetchResult, bump: Bump | null): Update {
-  return { watch: watch.id, path: watch.path, ...result, bump: bump ? { id: bump.id, at: bump.at } : null };
+function toUpdate(watch: Watch, r: FetchResult, bump: Bump | null): Update {
+  const u: Update = {
+    watch: watch.id, path: watch.path, status: r.status, headers: r.headers, body: r.body, encoding: r.encoding,
+    bump: bump ? { id: bump.id, at: bump.at } : null, fetchedAt: r.fetchedAt,
+  };
+  if (r.error) u.error = r.error;
+  return u;
 }
 
 function bodyHash(result: FetchResult): string {
   // The error code counts: a timeout after a refusal is news even though both have no body.
-  return createHash('sha256').update(result.error?.code ?? '').update("\n").update(result.body).digest('base64url');
+  return createHash('sha256').update(result.error?.code ?? '').update('\n').update(result.body).digest('base64url');
 }
 
 /**
- * The one-way flow: bump -> registry -> fetcher -> publisher. Every fetch goes through one
- * limiter (the upstream concurrency cap); every task is tracked so stop() can drain them.
+ * The engine of the one-way flow bump -> registry -> fetcher -> publisher: dedupe, coalescing,
+ * one global concurrency cap with a queue that is fair across paths (round robin) and bounded
+ * (one entry per group), Retry-After back-off, revalidation with validators, unchanged-skipping.
  */
 export class Dispatcher {
-  private readonly limiter: Limiter;
-  private readonly inFlight = new Set<Promise<void>>();
+  private readonly groups = new Map<string, Group>();
+  /** queued groups per path, and the round-robin ring of paths that have some */
+  private readonly queues = new Map<string, Group[]>();
+  private ring: string[] = [];
+  private ringAt = 0;
+  private queuedCount = 0;
+  private readonly snapshotWaiters: Array<() => void> = [];
+  private active = 0;
+  private pausedUntil = 0;
+  private pauseTimer?: NodeJS.Timeout;
+  private readonly work = new Set<Promise<void>>();
+  private idleWaiters: Array<() => void> = [];
 
-  constructor(private readonly opts: DispatcherOptions) {
-    this.limiter = new Limiter(opts.concurrency);
+  constructor(private readonly opts: DispatcherOptions) {}
+
+  /** Groups waiting for a fetch slot. */
+  get queued(): number {
+    return this.queuedCount;
   }
 
+  /** Fetches and publishes in flight plus queued groups. */
   get busy(): number {
-    return this.inFlight.size;
+    return this.work.size + this.queuedCount + this.snapshotWaiters.length;
   }
 
-  /** Fan a bump out to every watch on its paths. Returns when all of them are published. */
+  /** Fan a bump out to every group on its paths. Resolves when the dispatcher is idle again. */
   dispatch(bump: Bump): Promise<void> {
-    const tasks: Promise<void>[] = [];
+    const trigger = { reason: bump.id, bump };
+    let groups = 0;
     for (const path of bump.paths) {
-      for (const watch of this.opts.registry.byPath(path)) {
-        if (!watch.suspended) tasks.push(this.track(this.refresh(watch, bump, bump.id)));
+      for (const [credKey, watches] of this.opts.registry.groupsOn(path)) {
+        if (![...watches].some((w) => !w.suspended)) continue;
+        this.schedule(path, credKey, trigger);
+        groups += 1;
       }
     }
-    if (tasks.length === 0) this.opts.logger.debug('bump matched no watch', { bump: bump.id, paths: bump.paths.length });
-    return Promise.all(tasks).then(() => undefined);
+    if (groups === 0) this.opts.logger.debug('bump matched no watch', { bump: bump.id, paths: bump.paths.length });
+    return this.settled();
   }
 
-  /** A first fetch for `waymark.watch` with `snapshot: true`; it counts as sent. */
+  /** Refetch one watch's group outside a bump (after new credentials); publishes only what changed. */
+  refetch(watch: Watch, reason: string): Promise<void> {
+    this.schedule(watch.path, watch.credKey, { reason, bump: null });
+    return this.settled();
+  }
+
+  /** Refetch every group once (after an outage); publishes only what changed. */
+  refetchAll(reason: string): Promise<void> {
+    for (const [path, credKey, watches] of this.opts.registry.allGroups()) {
+      if ([...watches].some((w) => !w.suspended)) this.schedule(path, credKey, { reason, bump: null });
+    }
+    return this.settled();
+  }
+
+  /** A first fetch for `waymark.watch` with `snapshot: true`; it jumps the queue and counts as sent. */
   async snapshot(watch: Watch): Promise<Update> {
-    const result = await this.limiter.run(() => this.opts.fetcher.fetch({ path: watch.path, headers: watch.headers, reason: 'snapshot' }));
-    this.opts.metrics.fetches.inc({ class: Metrics.statusClass(result.status) });
+    await this.acquireForSnapshot();
+    let result: FetchResult;
+    try {
+      result = await this.fetch(watch.path, watch.headers, 'snapshot');
+    } finally {
+      this.release();
+    }
     watch.lastSent = { status: result.status, bodyHash: bodyHash(result) };
     if (CREDENTIALS_REJECTED.has(result.status)) watch.suspended = true;
     return toUpdate(watch, result, null);
   }
 
-  /** Refetch one watch outside a bump (after new credentials); publishes only what changed. */
-  refetch(watch: Watch, reason: string): Promise<void> {
-    return this.track(this.refresh(watch, null, reason));
-  }
-
-  /** Wait for in-flight work, up to a deadline. Returns how many tasks were still running. */
+  /** Wait for queued and in-flight work, up to a deadline. Returns how much was left. */
   async drain(deadlineMs: number): Promise<number> {
-    if (this.inFlight.size === 0) return 0;
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<void>((resolve) => { timer = setTimeout(resolve, deadlineMs); });
-    await Promise.race([Promise.allSettled([...this.inFlight]), timeout]);
+    await Promise.race([this.settled(), timeout]);
     clearTimeout(timer);
-    return this.inFlight.size;
+    return this.busy;
   }
 
-  private track(p: Promise<void>): Promise<void> {
-    this.inFlight.add(p);
-    return p.finally(() => this.inFlight.delete(p));
+  /** Resolves when nothing is queued, fetching or publishing. */
+  settled(): Promise<void> {
+    if (this.busy === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
-  private async refresh(watch: Watch, bump: Bump | null, reason: string): Promise<void> {
-    const { registry, fetcher, publisher, logger } = this.opts;
-    const headers = watch.headers;
-    const result = await this.limiter.run(() => {
-      // The session may have left while this waited for a slot: that costs no request.
-      if (!registry.isLive(watch) || watch.suspended) return Promise.resolve(null);
-      return fetcher.fetch({ path: watch.path, headers, reason });
-    });
-    if (!result) return;
+  private schedule(path: string, credKey: string, trigger: Trigger): void {
+    const key = `${credKey}\0${path}`;
+    let g = this.groups.get(key);
+    if (!g) this.groups.set(key, (g = { key, path, credKey, state: 'idle', next: null, retried: false }));
+    if (g.state === 'idle') {
+      g.next = trigger;
+      g.retried = false;
+      this.enqueue(g);
+    } else {
+      // Latest state wins: the queued or follow-up fetch carries the newest bump id.
+      g.next = trigger;
+      g.retried = false;
+      this.opts.metrics.coalesced.inc();
+    }
+    this.pump();
+  }
+
+  private enqueue(g: Group): void {
+    g.state = 'queued';
+    let q = this.queues.get(g.path);
+    if (!q) {
+      this.queues.set(g.path, (q = []));
+      this.ring.push(g.path);
+    }
+    q.push(g);
+    this.queuedCount += 1;
+  }
+
+  private dequeue(): Group | undefined {
+    if (this.ring.length === 0) return undefined;
+    if (this.ringAt >= this.ring.length) this.ringAt = 0;
+    const path = this.ring[this.ringAt];
+    const q = this.queues.get(path)!;
+    const g = q.shift()!;
+    this.queuedCount -= 1;
+    if (q.length === 0) {
+      this.queues.delete(path);
+      this.ring.splice(this.ringAt, 1);
+    } else {
+      this.ringAt += 1;
+    }
+    return g;
+  }
+
+  private pump(): void {
+    while (this.active < this.opts.concurrency) {
+      const snapshot = this.snapshotWaiters.shift();
+      if (snapshot) {
+        this.active += 1;
+        snapshot();
+        continue;
+      }
+      const wait = this.pausedUntil - Date.now();
+      if (wait > 0) {
+        this.pauseTimer ??= setTimeout(() => { this.pauseTimer = undefined; this.pump(); }, wait);
+        break;
+      }
+      const g = this.dequeue();
+      if (!g) break;
+      this.active += 1;
+      this.track(this.run(g).finally(() => this.release()));
+    }
+    this.checkIdle();
+  }
+
+  private acquireForSnapshot(): Promise<void> {
+    if (this.active < this.opts.concurrency) {
+      this.active += 1;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => this.snapshotWaiters.push(resolve));
+  }
+
+  private release(): void {
+    this.active -= 1;
+    this.pump();
+  }
+
+  private track(p: Promise<void>): void {
+    this.work.add(p);
+    p.catch((err: unknown) => this.opts.logger.error('dispatch failed', { error: (err as Error).message }))
+      .finally(() => {
+        this.work.delete(p);
+        this.checkIdle();
+      });
+  }
+
+  private checkIdle(): void {
+    if (this.busy > 0 || this.idleWaiters.length === 0) return;
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  private async fetch(path: string, headers: Watch['headers'], reason: string, validators?: Validators): Promise<FetchResult> {
+    const started = process.hrtime.bigint();
+    const result = await this.opts.fetcher.fetch({ path, headers, reason, ...(validators ? { validators } : {}) });
+    this.opts.metrics.fetchSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
     this.opts.metrics.fetches.inc({ class: Metrics.statusClass(result.status) });
-    // Unwatched, departed or re-credentialed meanwhile: this result is nobody's any more.
-    if (!registry.isLive(watch) || watch.headers !== headers) return;
-    if (result.error) {
-      logger.warn('fetch failed', { watch: watch.id, session: watch.session, cred: watch.credKey, code: result.error.code, status: result.status });
+    return result;
+  }
+
+  private liveWatches(g: Group): Watch[] {
+    const set = this.opts.registry.group(g.path, g.credKey);
+    return set ? [...set].filter((w) => !w.suspended) : [];
+  }
+
+  private async run(g: Group): Promise<void> {
+    g.state = 'running';
+    const trigger = g.next!;
+    g.next = null;
+    const watches = this.liveWatches(g);
+    if (watches.length > 0) {
+      // Revalidate only when every watcher already holds what the validators stand for; a
+      // watcher that joined since needs the body, and a 304 would not carry it.
+      const v = g.validators;
+      const revalidate = v && watches.every((w) => w.lastSent?.bodyHash === v.bodyHash && w.lastSent.status === v.status);
+      const result = await this.fetch(g.path, watches[0].headers, trigger.reason, revalidate ? v : undefined);
+      if (BACK_OFF.has(result.status) && result.retryAfterMs !== undefined && !g.retried) {
+        const ms = Math.min(result.retryAfterMs, this.opts.maxRetryAfterMs ?? 60_000);
+        this.pausedUntil = Math.max(this.pausedUntil, Date.now() + ms);
+        this.opts.logger.warn('API asked to back off', { status: result.status, retryAfterMs: ms });
+        g.next ??= trigger;
+        g.retried = true;
+      } else if (result.status === 304 && v) {
+        this.opts.metrics.unchangedSkipped.inc(watches.length);
+      } else {
+        g.validators = result.status === 200 && result.validators
+          ? { ...result.validators, status: 200, bodyHash: bodyHash(result) }
+          : undefined;
+        await this.deliver(g, result, trigger);
+      }
     }
+    if (g.next) {
+      this.enqueue(g);
+    } else {
+      g.state = 'idle';
+      if (!this.opts.registry.group(g.path, g.credKey)) this.groups.delete(g.key);
+    }
+  }
+
+  /** Publish one result to every watch of the group, as it is now (not when the fetch began). */
+  private async deliver(g: Group, result: FetchResult, trigger: Trigger): Promise<void> {
+    const { metrics, logger, publisher, pushUnchanged } = this.opts;
+    const watches = this.liveWatches(g);
+    if (watches.length > 1) metrics.deduplicated.inc(watches.length - 1);
     const hash = bodyHash(result);
-    if (CREDENTIALS_REJECTED.has(result.status)) {
-      // Push the 401/403 (below), then stop fetching with credentials the API refused.
-      watch.suspended = true;
-      logger.info('watch suspended: credentials rejected', { watch: watch.id, session: watch.session, status: result.status });
+    const rejected = CREDENTIALS_REJECTED.has(result.status);
+    if (result.error) logger.warn('fetch failed', { path: g.path, cred: g.credKey, code: result.error.code, watches: watches.length });
+    const publishes: Promise<void>[] = [];
+    for (const watch of watches) {
+      if (rejected) {
+        // Push the 401/403 (below), then stop fetching with credentials the API refused.
+        watch.suspended = true;
+        logger.info('watch suspended: credentials rejected', { watch: watch.id, session: watch.session, status: result.status });
+      }
+      if (!pushUnchanged && watch.lastSent && watch.lastSent.status === result.status && watch.lastSent.bodyHash === hash) {
+        metrics.unchangedSkipped.inc();
+        continue;
+      }
+      publishes.push(publisher.publish(watch.session, toUpdate(watch, result, trigger.bump)).then(() => {
+        watch.lastSent = { status: result.status, bodyHash: hash };
+        metrics.publishes.inc();
+      }, (err: unknown) => {
+        logger.warn('publish failed', { watch: watch.id, session: watch.session, error: (err as Error).message });
+      }));
     }
-    if (!this.opts.pushUnchanged && watch.lastSent && watch.lastSent.status === result.status && watch.lastSent.bodyHash === hash) {
-      this.opts.metrics.unchangedSkipped.inc();
-      logger.debug('unchanged, not published', { watch: watch.id, session: watch.session });
-      return;
-    }
-    try {
-      await publisher.publish(watch.session, toUpdate(watch, result, bump));
-      watch.lastSent = { status: result.status, bodyHash: hash };
-      this.opts.metrics.publishes.inc();
-    } catch (err) {
-      logger.warn('publish failed', { watch: watch.id, session: watch.session, error: (err as Error).message });
-    }
+    await Promise.all(publishes);
   }
 }

@@ -1,6 +1,6 @@
 import { errors as undiciErrors, Pool } from 'undici';
 import { NEVER_FORWARDED_RESPONSE_HEADERS } from './config.js';
-import type { FetchErrorCode, FetchRequest, FetchResult } from './types.js';
+import type { FetchErrorCode, FetchRequest, FetchResult, Validators } from './types.js';
 import { resolveApiUrl } from './validation.js';
 import { USER_AGENT } from './version.js';
 
@@ -31,6 +31,19 @@ function bodyEncoding(contentType: string | undefined, body: Buffer): { body: st
     }
   }
   return { body: body.toString('base64'), encoding: 'base64' };
+}
+
+/** Retry-After as delay-seconds or an HTTP date, in ms; undefined when absent or unreadable. */
+export function parseRetryAfter(value: string | undefined, now = Date.now()): number | undefined {
+  if (!value) return undefined;
+  const v = value.trim();
+  if (/^\d+$/.test(v)) return Number(v) * 1000;
+  const at = Date.parse(v);
+  return Number.isNaN(at) ? undefined : Math.max(0, at - now);
+}
+
+function one(v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v[0] : v;
 }
 
 function errorResult(code: FetchErrorCode, message: string): FetchResult {
@@ -72,12 +85,21 @@ export class UndiciFetcher implements Fetcher {
     const timeout = AbortSignal.timeout(this.opts.timeoutMs);
     const combined = signal ? AbortSignal.any([signal, timeout]) : timeout;
     try {
+      const conditional: Record<string, string> = {};
+      if (req.validators?.etag) conditional['if-none-match'] = req.validators.etag;
+      if (req.validators?.lastModified) conditional['if-modified-since'] = req.validators.lastModified;
       const res = await this.pool.request({
         method: 'GET',
         path: url.pathname + url.search,
-        headers: { ...req.headers, 'x-waymark': req.reason, 'user-agent': USER_AGENT },
+        headers: { ...req.headers, ...conditional, 'x-waymark': req.reason, 'user-agent': USER_AGENT },
         signal: combined,
       });
+      const validators: Validators = {};
+      const etag = one(res.headers.etag);
+      const lastModified = one(res.headers['last-modified']);
+      if (etag) validators.etag = etag;
+      if (lastModified) validators.lastModified = lastModified;
+      const retryAfterMs = parseRetryAfter(one(res.headers['retry-after']));
       const headers: Record<string, string> = {};
       for (const [name, value] of Object.entries(res.headers)) {
         const n = name.toLowerCase();
@@ -88,6 +110,7 @@ export class UndiciFetcher implements Fetcher {
         res.body.destroy();
         return this.tooLarge(res.statusCode, headers);
       }
+      const extra = { ...(etag || lastModified ? { validators } : {}), ...(retryAfterMs !== undefined ? { retryAfterMs } : {}) };
       const chunks: Buffer[] = [];
       let size = 0;
       for await (const chunk of res.body) {
@@ -99,7 +122,7 @@ export class UndiciFetcher implements Fetcher {
         chunks.push(chunk as Buffer);
       }
       const contentType = typeof res.headers['content-type'] === 'string' ? res.headers['content-type'] : undefined;
-      return { status: res.statusCode, headers, ...bodyEncoding(contentType, Buffer.concat(chunks, size)), fetchedAt: Date.now() };
+      return { status: res.statusCode, headers, ...bodyEncoding(contentType, Buffer.concat(chunks, size)), fetchedAt: Date.now(), ...extra };
     } catch (err) {
       return classify(err, timeout.aborted);
     }

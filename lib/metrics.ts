@@ -1,4 +1,4 @@
-import { Counter, Gauge, Registry } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 
 /** The component's Prometheus series, one registry per instance (no global state). */
 export class Metrics {
@@ -10,6 +10,13 @@ export class Metrics {
   });
   readonly publishes = new Counter({ name: 'waymark_publishes_total', help: 'Updates published', registers: [this.registry] });
   readonly unchangedSkipped = new Counter({ name: 'waymark_unchanged_skipped_total', help: 'Updates not published because nothing changed', registers: [this.registry] });
+  readonly deduplicated = new Counter({ name: 'waymark_fetches_deduplicated_total', help: 'Watches served by a fetch made for another watch with the same path and credentials', registers: [this.registry] });
+  readonly coalesced = new Counter({ name: 'waymark_bumps_coalesced_total', help: 'Bumps folded into a fetch already queued or in flight', registers: [this.registry] });
+  readonly fetchSeconds = new Histogram({
+    name: 'waymark_fetch_duration_seconds', help: 'Upstream fetch latency', registers: [this.registry],
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+  });
+  readonly queueDepth = new Gauge({ name: 'waymark_queue_depth', help: 'Fetches waiting for a slot', registers: [this.registry] });
   readonly watches = new Gauge({ name: 'waymark_watches', help: 'Watches held by this instance', registers: [this.registry] });
   readonly sessions = new Gauge({ name: 'waymark_sessions', help: 'Sessions with at least one watch', registers: [this.registry] });
   readonly routerConnected = new Gauge({ name: 'waymark_router_connected', help: '1 while joined to the router', registers: [this.registry] });

@@ -16,8 +16,15 @@ export interface FetchRequest {
   /** validated origin-relative path (with query) */
   path: string;
   headers: ForwardHeaders;
-  /** value of the X-Waymark header: the bump id, or `snapshot` */
+  /** value of the X-Waymark header: the bump id, `snapshot` or `refresh` */
   reason: string;
+  /** revalidate: sent as If-None-Match / If-Modified-Since */
+  validators?: Validators;
+}
+
+export interface Validators {
+  etag?: string;
+  lastModified?: string;
 }
 
 export type FetchErrorCode = 'timeout' | 'unreachable' | 'too_large';
@@ -29,13 +36,22 @@ export interface FetchResult {
   encoding: 'utf8' | 'base64';
   fetchedAt: number;
   error?: { code: FetchErrorCode; message: string };
+  /** internal, never published: the response's validators and Retry-After, whatever the allowlist */
+  validators?: Validators;
+  retryAfterMs?: number;
 }
 
 /** What a client receives on `waymark.session.<id>` (contract section 3). */
-export interface Update extends FetchResult {
+export interface Update {
   watch: string;
   path: string;
+  status: number;
+  headers: Record<string, string>;
+  body: string;
+  encoding: 'utf8' | 'base64';
   bump: { id: string; at: number } | null;
+  fetchedAt: number;
+  error?: { code: FetchErrorCode; message: string };
 }
 
 export interface WatchResult {

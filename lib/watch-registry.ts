@@ -5,9 +5,11 @@ import type { ForwardHeaders, SessionId } from './types.js';
 export interface Watch {
   readonly id: string;
   readonly session: SessionId;
+  /** interned: every watch on one path shares one string */
   readonly path: string;
+  /** interned per credentials: watches with the same credentials share one object */
   headers: ForwardHeaders;
-  /** short hash of the credentials: tells watches apart in logs without revealing them */
+  /** short hash of the credentials: groups watches for shared fetches, tells them apart in logs */
   credKey: string;
   /** status and body hash of the last Update this session received for the watch */
   lastSent?: { status: number; bodyHash: string };
@@ -37,11 +39,21 @@ export function credentialsKey(headers: ForwardHeaders): string {
   return createHash('sha256').update(canonical).digest('base64url').slice(0, 12);
 }
 
-/** All watches of this instance, indexed by id, by session and by path. Pure: no I/O. */
+interface PathEntry {
+  path: string;
+  byCred: Map<string, Set<Watch>>;
+}
+
+/**
+ * All watches of this instance, indexed by id, by session and by (path, credentials): the last
+ * index is what lets one fetch serve every watch that would make the identical request.
+ * Pure: no I/O.
+ */
 export class WatchRegistry {
   private readonly byId = new Map<string, Watch>();
   private readonly bySession = new Map<SessionId, Set<Watch>>();
-  private readonly byPathIndex = new Map<string, Set<Watch>>();
+  private readonly byPathIndex = new Map<string, PathEntry>();
+  private readonly credentials = new Map<string, { headers: ForwardHeaders; refs: number }>();
 
   constructor(private readonly maxPerSession: number) {}
 
@@ -59,10 +71,9 @@ export class WatchRegistry {
 
   upsert(session: SessionId, path: string, headers: ForwardHeaders): UpsertResult {
     const id = watchId(session, path);
-    const credKey = credentialsKey(headers);
     const existing = this.byId.get(id);
     if (existing) {
-      const credentialsChanged = existing.credKey !== credKey;
+      const credentialsChanged = existing.credKey !== credentialsKey(headers);
       const resumed = credentialsChanged && this.replaceCredentials(existing, headers);
       return { watch: existing, created: false, credentialsChanged, resumed };
     }
@@ -70,10 +81,14 @@ export class WatchRegistry {
     if ((own?.size ?? 0) >= this.maxPerSession) {
       throw new WaymarkError('too_many_watches', `this session already has ${this.maxPerSession} watches, the limit`);
     }
-    const watch: Watch = { id, session, path, headers, credKey };
+    const entry = this.entryFor(path);
+    const cred = this.internCredentials(headers);
+    const watch: Watch = { id, session, path: entry.path, headers: cred.headers, credKey: cred.key };
     this.byId.set(id, watch);
-    addTo(this.bySession, session, watch);
-    addTo(this.byPathIndex, path, watch);
+    let set = this.bySession.get(session);
+    if (!set) this.bySession.set(session, (set = new Set()));
+    set.add(watch);
+    this.addToGroup(entry, watch);
     return { watch, created: true, credentialsChanged: false, resumed: false };
   }
 
@@ -84,9 +99,18 @@ export class WatchRegistry {
    */
   replaceCredentials(watch: Watch, headers: ForwardHeaders): boolean {
     const wasSuspended = watch.suspended === true;
-    watch.headers = headers;
-    watch.credKey = credentialsKey(headers);
     watch.suspended = false;
+    const cred = this.internCredentials(headers);
+    if (cred.key === watch.credKey) {
+      this.releaseCredentials(cred.key);
+      return wasSuspended;
+    }
+    this.removeFromGroup(this.entryFor(watch.path), watch);
+    this.releaseCredentials(watch.credKey);
+    watch.headers = cred.headers;
+    watch.credKey = cred.key;
+    // (the path entry may have gone with the last watch of the old group)
+    this.addToGroup(this.entryFor(watch.path), watch);
     return wasSuspended;
   }
 
@@ -116,33 +140,76 @@ export class WatchRegistry {
 
   /** The watches on exactly this path (query included), as a snapshot array. */
   byPath(path: string): Watch[] {
-    const set = this.byPathIndex.get(path);
-    return set ? [...set] : [];
+    const entry = this.byPathIndex.get(path);
+    if (!entry) return [];
+    const out: Watch[] = [];
+    for (const set of entry.byCred.values()) for (const w of set) out.push(w);
+    return out;
   }
 
-  /** True while this exact watch object is still registered (not unwatched or replaced). */
+  /** The credential groups on a path: each is the set of watches one fetch can serve. */
+  groupsOn(path: string): Array<[credKey: string, watches: Set<Watch>]> {
+    const entry = this.byPathIndex.get(path);
+    return entry ? [...entry.byCred] : [];
+  }
+
+  /** The live watches of one (path, credentials) group. */
+  group(path: string, credKey: string): Set<Watch> | undefined {
+    return this.byPathIndex.get(path)?.byCred.get(credKey);
+  }
+
+  /** Every (path, credentials) group, for a full resync. */
+  *allGroups(): Generator<[path: string, credKey: string, watches: Set<Watch>]> {
+    for (const entry of this.byPathIndex.values()) for (const [k, set] of entry.byCred) yield [entry.path, k, set];
+  }
+
+  /** True while this exact watch object is still registered (not unwatched). */
   isLive(watch: Watch): boolean {
     return this.byId.get(watch.id) === watch;
+  }
+
+  private entryFor(path: string): PathEntry {
+    let entry = this.byPathIndex.get(path);
+    if (!entry) this.byPathIndex.set(path, (entry = { path, byCred: new Map() }));
+    return entry;
+  }
+
+  private internCredentials(headers: ForwardHeaders): { key: string; headers: ForwardHeaders } {
+    const key = credentialsKey(headers);
+    let c = this.credentials.get(key);
+    if (!c) this.credentials.set(key, (c = { headers: Object.freeze({ ...headers }), refs: 0 }));
+    c.refs += 1;
+    return { key, headers: c.headers };
+  }
+
+  private releaseCredentials(key: string): void {
+    const c = this.credentials.get(key);
+    if (c && --c.refs === 0) this.credentials.delete(key);
+  }
+
+  private addToGroup(entry: PathEntry, w: Watch): void {
+    let set = entry.byCred.get(w.credKey);
+    if (!set) entry.byCred.set(w.credKey, (set = new Set()));
+    set.add(w);
+  }
+
+  private removeFromGroup(entry: PathEntry, w: Watch): void {
+    const set = entry.byCred.get(w.credKey);
+    if (!set) return;
+    set.delete(w);
+    if (set.size === 0) entry.byCred.delete(w.credKey);
+    if (entry.byCred.size === 0) this.byPathIndex.delete(entry.path);
   }
 
   private delete(w: Watch): number {
     if (this.byId.get(w.id) !== w) return 0;
     this.byId.delete(w.id);
-    removeFrom(this.bySession, w.session, w);
-    removeFrom(this.byPathIndex, w.path, w);
+    const own = this.bySession.get(w.session);
+    own?.delete(w);
+    if (own?.size === 0) this.bySession.delete(w.session);
+    const entry = this.byPathIndex.get(w.path);
+    if (entry) this.removeFromGroup(entry, w);
+    this.releaseCredentials(w.credKey);
     return 1;
   }
-}
-
-function addTo<K>(index: Map<K, Set<Watch>>, key: K, w: Watch): void {
-  let set = index.get(key);
-  if (!set) index.set(key, (set = new Set()));
-  set.add(w);
-}
-
-function removeFrom<K>(index: Map<K, Set<Watch>>, key: K, w: Watch): void {
-  const set = index.get(key);
-  if (!set) return;
-  set.delete(w);
-  if (set.size === 0) index.delete(key);
 }

@@ -14,13 +14,26 @@ class RecordingFetcher implements Fetcher {
   maxActive = 0;
   body = 'v1';
   delayMs = 0;
+  /** when set, answers with ETag "<body>" and 304 to a matching If-None-Match */
+  etags = false;
+  /** answers to come before the normal ones (e.g. a 503 with Retry-After) */
+  scripted: Array<Partial<FetchResult>> = [];
   async fetch(req: FetchRequest): Promise<FetchResult> {
     this.requests.push(req);
+    const body = this.body; // the API's state when the request arrives
     this.active += 1;
     this.maxActive = Math.max(this.maxActive, this.active);
     if (this.delayMs) await new Promise((r) => setTimeout(r, this.delayMs));
     this.active -= 1;
-    return { status: 200, headers: {}, body: `${this.body}:${req.headers.authorization ?? ''}`, encoding: 'utf8', fetchedAt: Date.now() };
+    const base: FetchResult = { status: 200, headers: {}, body: `${body}:${req.headers.authorization ?? ''}`, encoding: 'utf8', fetchedAt: Date.now() };
+    const scripted = this.scripted.shift();
+    if (scripted) return { ...base, ...scripted };
+    if (this.etags) {
+      const etag = `"${body}"`;
+      if (req.validators?.etag === etag) return { ...base, status: 304, body: '', validators: { etag } };
+      return { ...base, validators: { etag } };
+    }
+    return base;
   }
   async close() {}
 }
@@ -125,7 +138,114 @@ describe('dispatcher', function () {
   });
 });
 
+describe('dispatcher engine', function () {
+  let registry: WatchRegistry;
+  let fetcher: RecordingFetcher;
+  let publisher: RecordingPublisher;
+  let metrics: Metrics;
+  let dispatcher: Dispatcher;
+  beforeEach(() => {
+    registry = new WatchRegistry(1000);
+    fetcher = new RecordingFetcher();
+    publisher = new RecordingPublisher();
+    metrics = new Metrics();
+    dispatcher = new Dispatcher({ registry, fetcher, publisher, logger: silentLogger(), metrics, concurrency: 4, pushUnchanged: false });
+  });
+
+  it('dedupes: watches with the same path and credentials share one fetch, each session gets its own Update', async function () {
+    for (let s = 0; s < 30; s++) registry.upsert(s, '/a', { authorization: `Bearer t${s % 3}` });
+    await dispatcher.dispatch(bump('/a'));
+    expect(fetcher.requests).to.have.length(3);
+    expect(publisher.published).to.have.length(30);
+    expect(new Set(publisher.published.map((p) => p.update.watch)).size).to.equal(30);
+    for (const p of publisher.published) expect(p.update.body).to.equal(`v1:Bearer t${p.session % 3}`);
+  });
+
+  it('coalesces: a burst of 100 bumps costs at most 2 fetches per credential, and the latest state wins', async function () {
+    fetcher.delayMs = 20;
+    for (let s = 0; s < 10; s++) registry.upsert(s, '/a', { authorization: `Bearer t${s % 2}` });
+    const bumps = Array.from({ length: 100 }, () => bump('/a'));
+    const done = bumps.map((b, i) => {
+      if (i === 99) fetcher.body = 'final';
+      return dispatcher.dispatch(b);
+    });
+    await Promise.all(done);
+    const perCred = new Map<string, number>();
+    for (const r of fetcher.requests) perCred.set(r.headers.authorization!, (perCred.get(r.headers.authorization!) ?? 0) + 1);
+    expect([...perCred.values()].every((n) => n <= 2)).to.equal(true);
+    for (let s = 0; s < 10; s++) {
+      const last = publisher.published.filter((p) => p.session === s).pop()!;
+      expect(last.update.body).to.equal(`final:Bearer t${s % 2}`);
+      expect(last.update.bump!.id).to.equal(bumps[99].id);
+    }
+  });
+
+  it('is fair across paths: a path with many groups does not starve another', async function () {
+    dispatcher = new Dispatcher({ registry, fetcher, publisher, logger: silentLogger(), metrics, concurrency: 1, pushUnchanged: false });
+    for (let s = 0; s < 50; s++) registry.upsert(s, '/big', { authorization: `Bearer ${s}` });
+    registry.upsert(999, '/small', {});
+    void dispatcher.dispatch(bump('/big'));
+    await dispatcher.dispatch(bump('/small'));
+    const order = fetcher.requests.map((r) => r.path);
+    expect(order.indexOf('/small')).to.be.below(3);
+  });
+
+  it('revalidates with If-None-Match and publishes nothing on 304', async function () {
+    fetcher.etags = true;
+    registry.upsert(1, '/a', {});
+    registry.upsert(2, '/a', {});
+    await dispatcher.dispatch(bump('/a'));
+    expect(fetcher.requests[0].validators).to.equal(undefined);
+    await dispatcher.dispatch(bump('/a'));
+    expect(fetcher.requests[1].validators).to.deep.equal({ etag: '"v1"', status: 200, bodyHash: fetcher.requests[1].validators && (fetcher.requests[1].validators as { bodyHash: string }).bodyHash });
+    expect(publisher.published).to.have.length(2);
+    // a watcher that joined since has nothing yet: no validators, a full body for it
+    registry.upsert(3, '/a', {});
+    await dispatcher.dispatch(bump('/a'));
+    expect(fetcher.requests[2].validators).to.equal(undefined);
+    expect(publisher.published.map((p) => p.session)).to.deep.equal([1, 2, 3]);
+    fetcher.body = 'v2';
+    await dispatcher.dispatch(bump('/a'));
+    expect(publisher.published).to.have.length(6);
+  });
+
+  it('honours 503 with Retry-After: pauses the queue, then retries once', async function () {
+    registry.upsert(1, '/a', {});
+    registry.upsert(2, '/b', { cookie: 'x' });
+    fetcher.scripted.push({ status: 503, retryAfterMs: 150 });
+    const started = Date.now();
+    await dispatcher.dispatch(bump('/a'));
+    expect(fetcher.requests.map((r) => r.path)).to.deep.equal(['/a', '/a']);
+    expect(Date.now() - started).to.be.at.least(140);
+    expect(publisher.published.map((p) => p.update.status)).to.deep.equal([200]);
+  });
+
+  it('suspends every watch of a group on 401, and a bump then costs nothing', async function () {
+    registry.upsert(1, '/a', { authorization: 'Bearer dead' });
+    registry.upsert(2, '/a', { authorization: 'Bearer dead' });
+    fetcher.scripted.push({ status: 401 });
+    await dispatcher.dispatch(bump('/a'));
+    expect(publisher.published.map((p) => p.update.status)).to.deep.equal([401, 401]);
+    await dispatcher.dispatch(bump('/a'));
+    expect(fetcher.requests).to.have.length(1);
+  });
+});
+
 describe('watch registry', function () {
+  it('interns paths and credentials and regroups a watch whose credentials change', function () {
+    const r = new WatchRegistry(10);
+    const a = r.upsert(1, `/p${'ath'}`, { authorization: 'Bearer x' }).watch;
+    const b = r.upsert(2, '/path', { authorization: 'Bearer x' }).watch;
+    expect(a.headers).to.equal(b.headers);
+    expect(r.groupsOn('/path')).to.have.length(1);
+    r.upsert(2, '/path', { authorization: 'Bearer y' });
+    expect(r.groupsOn('/path').map(([, s]) => s.size).sort()).to.deep.equal([1, 1]);
+    r.remove(1, '/path');
+    r.upsert(2, '/path', { authorization: 'Bearer z' });
+    expect(r.groupsOn('/path')).to.have.length(1);
+    expect(r.byPath('/path')).to.deep.equal([b]);
+  });
+
   it('keys watches by (session, path): same id for the same path, ids never start with "/"', function () {
     const r = new WatchRegistry(10);
     const a = r.upsert(1, '/a', {});
