@@ -1,4 +1,4 @@
-import { CLIENT_PROCEDURES, SESSION_TOPIC_PREFIX } from './uris.js';
+import { ANNOUNCE_TOPIC, CLIENT_PROCEDURES, SESSION_TOPIC_PREFIX } from './uris.js';
 
 /** What Crossbar passes a dynamic authorizer as its first argument (subset we read). */
 export interface AuthorizeSessionDetails {
@@ -19,6 +19,7 @@ export type AuthorizeAnswer = false | { allow: true; disclose?: boolean; cache: 
  *   `details.caller`); that answer is the same for every session, so Crossbar may cache it;
  * - an exact subscribe to the session's own topic is allowed, never cached: Crossbar caches per
  *   (role, uri, action), and another session's topic must not inherit the answer;
+ * - an exact subscribe to the shared announcement topic is allowed (same for all: cacheable);
  * - everything else, including prefix/wildcard subscribes and any register or publish, is denied.
  */
 export function authorize(
@@ -36,6 +37,7 @@ export function authorize(
     if (match === 'exact' && uri === SESSION_TOPIC_PREFIX + String(details.session)) {
       return { allow: true, cache: false };
     }
+    if (match === 'exact' && uri === ANNOUNCE_TOPIC) return { allow: true, cache: true };
   }
   return false;
 }

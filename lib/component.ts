@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import autobahn from 'autobahn';
 import { AdminServer } from './admin.js';
 import { RedisBumpSource, type BumpSource } from './bump-source.js';
@@ -12,7 +13,7 @@ import type { Bump, WatchResult } from './types.js';
 import { authorize } from './authorizer.js';
 import { SessionRateLimiter } from './rate-limiter.js';
 import {
-  META_ON_LEAVE, PROC_AUTHORIZE, PROC_REFRESH, PROC_UNWATCH, PROC_WATCH, sessionTopic,
+  ANNOUNCE_TOPIC, META_ON_LEAVE, PROC_AUTHORIZE, PROC_REFRESH, PROC_UNWATCH, PROC_WATCH, sessionTopic,
 } from './uris.js';
 import { callerOf, parseCredentials, parseWatchArgs, resolveApiUrl } from './validation.js';
 import { WatchRegistry } from './watch-registry.js';
@@ -32,6 +33,8 @@ type Status = 'idle' | 'starting' | 'running' | 'stopping' | 'stopped';
  * pushes Updates. `start()` resolves once joined, registered and subscribed to Redis.
  */
 export class Waymark {
+  /** this process's instance id, as announced on `waymark.announce` */
+  readonly instance = randomUUID();
   readonly registry: WatchRegistry;
   readonly metrics = new Metrics();
   private readonly logger: Logger;
@@ -188,6 +191,8 @@ export class Waymark {
       }, shared),
     ]);
     await session.subscribe(META_ON_LEAVE, (args) => this.onSessionLeft(args?.[0]));
+    // Tell browsers an instance (re)joined: clients re-watch, so nothing a restart lost stays lost.
+    await session.publish(ANNOUNCE_TOPIC, [{ event: 'started', instance: this.instance }], {}, { acknowledge: true });
   }
 
   /** Every client procedure: identify the caller, apply its rate limit, map errors to their URI. */

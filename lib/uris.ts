@@ -15,6 +15,12 @@ export function sessionTopic(session: number): string {
   return SESSION_TOPIC_PREFIX + String(session);
 }
 
+/**
+ * Shared by all browsers: Waymark announces `{ event: 'started', instance }` here when an
+ * instance (re)joins, so clients re-watch whatever a restarted instance may have lost.
+ */
+export const ANNOUNCE_TOPIC = 'waymark.announce';
+
 export const META_ON_LEAVE = 'wamp.session.on_leave';
 
 export const ERROR_URIS = {
