@@ -1,4 +1,4 @@
-import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 
 /** The component's Prometheus series, one registry per instance (no global state). */
 export class Metrics {
@@ -21,6 +21,11 @@ export class Metrics {
   readonly sessions = new Gauge({ name: 'waymark_sessions', help: 'Sessions with at least one watch', registers: [this.registry] });
   readonly routerConnected = new Gauge({ name: 'waymark_router_connected', help: '1 while joined to the router', registers: [this.registry] });
   readonly redisConnected = new Gauge({ name: 'waymark_redis_subscribed', help: '1 while subscribed to the bump channel', registers: [this.registry] });
+
+  constructor() {
+    // process CPU, heap and event-loop lag, as waymark_process_* / waymark_nodejs_*
+    collectDefaultMetrics({ register: this.registry, prefix: 'waymark_' });
+  }
 
   static statusClass(status: number): string {
     return status === 0 ? 'error' : `${Math.floor(status / 100)}xx`;

@@ -1,0 +1,343 @@
+// `npm run bench`: every part real and in its own process (router, upstream API, component,
+// watcher sessions over several processes; Redis as it runs), each figure next to a baseline
+// measured in the same run, and the CPU each process used for it.
+import { randomBytes } from 'node:crypto';
+import http from 'node:http';
+import { writeFileSync, mkdirSync } from 'node:fs';
+import os from 'node:os';
+import autobahn from 'autobahn';
+import got from 'got';
+import { Redis } from 'ioredis';
+import { Pool } from 'undici';
+import { cpuSeconds, here, nowMs, percentile, startComponent, stopProcess, Worker } from './procs.js';
+
+console.warn = () => undefined; // autobahn reports every close
+
+const quick = process.argv.includes('--quick');
+const REDIS_URL = process.env.WAYMARK_BENCH_REDIS_URL || 'redis://127.0.0.1:6379';
+const P = quick
+  ? { fanout: [1000], dedupe: [2000, 100], burst: 500, latency: 300, memory: [20_000, 200], fetch: 4000, repeats: 1, watchers: 2 }
+  : { fanout: [1000, 10_000], dedupe: [10_000, 100], burst: 1000, latency: 1000, memory: [100_000, 1000], fetch: 20_000, repeats: 3, watchers: 4 };
+
+interface Row { scenario: string; figure: string; value: number | string; baseline?: number | string; ratio?: number | string; target?: string; met?: boolean; cpu?: Record<string, number> }
+const rows: Row[] = [];
+
+function log(line: string) {
+  process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${line}\n`);
+}
+
+function ready(w: Worker): Promise<any> {
+  return new Promise((resolve) => { w.events.push((m) => { if (m?.ready) resolve(m); }); });
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function main() {
+  const t0 = Date.now();
+  const ticket = randomBytes(16).toString('hex');
+  const channel = `bench-${randomBytes(4).toString('hex')}`;
+  log(`mode ${quick ? 'quick' : 'full'}; machine: ${os.cpus().length} x ${os.cpus()[0]?.model}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, node ${process.version}`);
+
+  const router = Worker.start('./router-proc.js', ['waymark', ticket]);
+  const { url: routerUrl } = await ready(router);
+  const upstream = Worker.start('./upstream-proc.js');
+  const { url: apiUrl } = await ready(upstream);
+  const adminPort = 20000 + Math.floor(Math.random() * 20000);
+  const component = await startComponent({
+    ...process.env,
+    WAYMARK_ROUTER_URL: routerUrl, WAYMARK_ROUTER_AUTHID: 'waymark', WAYMARK_ROUTER_TICKET: ticket,
+    WAYMARK_REDIS_URL: REDIS_URL, WAYMARK_BUMP_CHANNEL: channel, WAYMARK_API_URL: apiUrl,
+    WAYMARK_ADMIN_PORT: String(adminPort), WAYMARK_LOG_LEVEL: 'warn', WAYMARK_FETCH_TIMEOUT_MS: '60000',
+    WAYMARK_RATE_LIMIT: '1000000', WAYMARK_RATE_BURST: '1000000',
+  });
+  log(`router ${routerUrl}, API ${apiUrl}, component pid ${component.pid}`);
+  const watchers = Array.from({ length: P.watchers }, () => Worker.start('./watchers-proc.js'));
+  await Promise.all(watchers.map(ready));
+
+  const redis = new Redis(REDIS_URL);
+  const control = async (q: string) => (await fetch(`${apiUrl}/__control/${q}`)).json() as Promise<{ total: number; tokens: number; maxPerToken: number }>;
+  const procs = { router: router.pid, upstream: upstream.pid, component: component.pid };
+  const cpuNow = () => {
+    const c: Record<string, number> = {};
+    for (const [k, pid] of Object.entries(procs)) c[k] = cpuSeconds(pid);
+    c.watchers = watchers.reduce((n, w) => n + cpuSeconds(w.pid), 0);
+    c.bench = process.cpuUsage().user / 1e6 + process.cpuUsage().system / 1e6;
+    return c;
+  };
+  const cpuDelta = (a: Record<string, number>) => {
+    const b = cpuNow();
+    const d: Record<string, number> = {};
+    for (const k of Object.keys(b)) d[k] = Math.round((b[k] - a[k]) * 100) / 100;
+    return d;
+  };
+
+  // sessions: spread over the watcher processes; index i lives in watchers[i % W] at local i / W
+  const maxSessions = Math.max(...P.fanout, P.dedupe[0], P.burst, P.memory[1]);
+  log(`connecting ${maxSessions} watcher sessions over ${P.watchers} processes`);
+  const perWorker = Array.from({ length: P.watchers }, (_, w) => Math.ceil((maxSessions - w) / P.watchers));
+  const conn = await Promise.all(watchers.map((w, i) => w.request({ cmd: 'connect', url: routerUrl, realm: 'realm1', count: perWorker[i] })));
+  const ids: number[] = [];
+  for (let i = 0; i < maxSessions; i++) ids.push(conn[i % P.watchers].ids[Math.floor(i / P.watchers)]);
+  log(`connected in ${Math.round(Math.max(...conn.map((c) => c.ms)))} ms`);
+
+  const watchAll = async (n: number, path: (i: number) => string, token: (i: number) => string) => {
+    const specs: Array<Array<[number, string, string]>> = watchers.map(() => []);
+    for (let i = 0; i < n; i++) specs[i % P.watchers].push([Math.floor(i / P.watchers), path(i), token(i)]);
+    const r = await Promise.all(watchers.map((w, k) => w.request({ cmd: 'watch', specs: specs[k] })));
+    const errors = r.reduce((s, x) => s + x.errors, 0);
+    if (errors) throw new Error(`${errors} watch calls failed`);
+    return Math.max(...r.map((x) => x.ms));
+  };
+  const reset = () => Promise.all(watchers.map((w) => w.request({ cmd: 'reset' })));
+  const stats = async () => {
+    const r = await Promise.all(watchers.map((w) => w.request({ cmd: 'stats' })));
+    return { received: r.reduce((s, x) => s + x.received, 0), lastAt: Math.max(...r.map((x) => x.lastAt)) };
+  };
+  const waitReceived = async (n: number, timeoutMs = 120_000) => {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const s = await stats();
+      if (s.received >= n) return s;
+      if (Date.now() > deadline) throw new Error(`only ${s.received} of ${n} updates arrived`);
+      await sleep(s.received > n * 0.9 ? 5 : 25);
+    }
+  };
+
+  // A backend session for the baselines: publishes exactly what Waymark would, with eligible.
+  const backend = await new Promise<autobahn.Session>((resolve, reject) => {
+    const c = new autobahn.Connection({ url: routerUrl, realm: 'realm1', authmethods: ['ticket'], authid: 'waymark', onchallenge: () => ticket, max_retries: 0 });
+    c.onopen = resolve;
+    c.onclose = (r) => { reject(new Error(r)); return true; };
+    c.open();
+  });
+  const pool = new Pool(apiUrl, { connections: 64 });
+  const bareFetchPublish = async (n: number, path: string, token: (i: number) => string) => {
+    let next = 0;
+    await Promise.all(Array.from({ length: 64 }, async () => {
+      while (next < n) {
+        const i = next++;
+        const res = await pool.request({ method: 'GET', path, headers: { authorization: `Bearer ${token(i)}`, 'x-waymark': 'baseline' } });
+        const body = await res.body.text();
+        await backend.publish(`waymark.session.${ids[i]}`, [{ watch: 'baseline', path, status: res.statusCode, headers: { 'content-type': 'application/json' }, body, encoding: 'utf8', bump: null, fetchedAt: Date.now() }], {}, { acknowledge: true, eligible: [ids[i]] });
+      }
+    }));
+  };
+
+  // a. fan-out
+  for (const n of P.fanout) {
+    const path = `/fan/${n}`;
+    log(`a. fan-out to ${n}: watching`);
+    await watchAll(n, () => path, (i) => `fan-${n}-${i}`);
+    const wm: number[] = [];
+    const base: number[] = [];
+    let cpuW: Record<string, number> = {};
+    let cpuB: Record<string, number> = {};
+    for (let r = 0; r < P.repeats; r++) {
+      await control(`version?v=fan-${r}`);
+      await reset();
+      let c = cpuNow();
+      let start = nowMs();
+      await redis.publish(channel, path);
+      let s = await waitReceived(n);
+      wm.push(s.lastAt - start);
+      cpuW = cpuDelta(c);
+      await reset();
+      c = cpuNow();
+      start = nowMs();
+      await bareFetchPublish(n, path, (i) => `fan-${n}-${i}`);
+      s = await waitReceived(n);
+      base.push(s.lastAt - start);
+      cpuB = cpuDelta(c);
+    }
+    const w = percentile([...wm].sort((x, y) => x - y), 50);
+    const b = percentile([...base].sort((x, y) => x - y), 50);
+    rows.push({ scenario: `a. fan-out N=${n}`, figure: 'PUBLISH -> last Update (ms, median)', value: Math.round(w), baseline: Math.round(b), ratio: +(w / b).toFixed(2), target: '<= 1.3', met: w / b <= 1.3, cpu: cpuW });
+    rows.push({ scenario: `a. fan-out N=${n} baseline`, figure: 'bare GETs + publishes (ms)', value: Math.round(b), cpu: cpuB });
+    log(`a. fan-out N=${n}: waymark ${Math.round(w)} ms, baseline ${Math.round(b)} ms`);
+  }
+
+  // b. dedupe
+  {
+    const [n, tokens] = P.dedupe;
+    const path = '/dedupe';
+    log(`b. dedupe: ${n} watches over ${tokens} tokens`);
+    await watchAll(n, () => path, (i) => `dd-${i % tokens}`);
+    await control('version?v=dd-1');
+    await control('reset');
+    await reset();
+    const c = cpuNow();
+    const start = nowMs();
+    await redis.publish(channel, path);
+    const s = await waitReceived(n);
+    const st = await control('version?v=dd-1');
+    rows.push({ scenario: `b. dedupe ${n} watches / ${tokens} tokens`, figure: 'upstream requests per bump', value: st.total, baseline: tokens, target: `= ${tokens}`, met: st.total === tokens, cpu: cpuDelta(c) });
+    rows.push({ scenario: 'b. dedupe', figure: 'PUBLISH -> last Update (ms)', value: Math.round(s.lastAt - start) });
+  }
+
+  // c. burst
+  {
+    const n = P.burst;
+    const path = '/burst';
+    log(`c. burst: 100 bumps to ${n} watchers`);
+    await watchAll(n, () => path, (i) => `burst-${i}`);
+    await control('version?v=burst-start');
+    await control('reset');
+    await reset();
+    const c = cpuNow();
+    const start = nowMs();
+    const p1 = redis.pipeline();
+    for (let i = 0; i < 50; i++) p1.publish(channel, JSON.stringify({ path, id: `burst-${i}` }));
+    await p1.exec();
+    await control('version?v=burst-final');
+    const p2 = redis.pipeline();
+    for (let i = 50; i < 100; i++) p2.publish(channel, JSON.stringify({ path, id: `burst-${i}` }));
+    await p2.exec();
+    const burstMs = nowMs() - start;
+    let atFinal = 0;
+    const deadline = Date.now() + 60_000;
+    while (Date.now() < deadline) {
+      const r = await Promise.all(watchers.map((w) => w.request({ cmd: 'finalState', version: 'burst-final' })));
+      atFinal = r.reduce((s, x) => s + x.atFinal, 0);
+      if (atFinal >= n) break;
+      await sleep(50);
+    }
+    await sleep(300); // let any straggling fetch land before counting
+    const st = await control('reset');
+    rows.push({ scenario: `c. burst 100 bumps in ${burstMs.toFixed(1)} ms, ${n} watchers`, figure: 'requests per credential (max)', value: st.maxPerToken, target: '<= 2', met: st.maxPerToken <= 2, cpu: cpuDelta(c) });
+    rows.push({ scenario: 'c. burst', figure: 'sessions whose last Update is the final state', value: `${atFinal}/${n}`, target: 'all', met: atFinal === n });
+  }
+
+  // d. latency
+  {
+    const n = P.latency;
+    log(`d. latency: ${n} sequential bumps to one watch`);
+    const sub = new Redis(REDIS_URL);
+    const probe = `${channel}-probe`;
+    await sub.subscribe(probe);
+    await watchAll(1, () => '/latency', () => 'lat');
+    const w0 = watchers[0];
+    await w0.request({ cmd: 'stream', on: true });
+    const arrivals: number[] = [];
+    let waiter: (() => void) | undefined;
+    w0.events.push((m) => { if (m?.ev === 'update') { arrivals.push(m.at); waiter?.(); } });
+    const next = () => new Promise<number>((resolve) => {
+      const have = arrivals.length;
+      waiter = () => { if (arrivals.length > have) { waiter = undefined; resolve(arrivals[arrivals.length - 1]); } };
+    });
+    const wm: number[] = [];
+    let c = cpuNow();
+    for (let i = 0; i < n; i++) {
+      await control(`version?v=lat-${i}`);
+      const arrived = next();
+      const start = nowMs();
+      await redis.publish(channel, '/latency');
+      wm.push((await arrived) - start);
+    }
+    const cpuW = cpuDelta(c);
+    // the bare hops, chained the same way: Redis pub/sub, one GET, one WAMP publish
+    const base: number[] = [];
+    c = cpuNow();
+    for (let i = 0; i < n; i++) {
+      const arrived = next();
+      const start = nowMs();
+      const got1 = new Promise<void>((resolve) => sub.once('message', () => resolve()));
+      await redis.publish(probe, '/latency');
+      await got1;
+      const res = await pool.request({ method: 'GET', path: '/latency', headers: { authorization: 'Bearer lat' } });
+      const body = await res.body.text();
+      await backend.publish(`waymark.session.${ids[0]}`, [{ watch: 'baseline', path: '/latency', status: 200, headers: {}, body, encoding: 'utf8', bump: null, fetchedAt: Date.now() }], {}, { acknowledge: true, eligible: [ids[0]] });
+      base.push((await arrived) - start);
+    }
+    const cpuB = cpuDelta(c);
+    await w0.request({ cmd: 'stream', on: false });
+    await sub.quit();
+    wm.sort((x, y) => x - y);
+    base.sort((x, y) => x - y);
+    const over = percentile(wm, 50) - percentile(base, 50);
+    rows.push({ scenario: `d. latency, ${n} sequential bumps`, figure: 'p50 / p99 PUBLISH -> Update (ms)', value: `${percentile(wm, 50).toFixed(2)} / ${percentile(wm, 99).toFixed(2)}`, baseline: `${percentile(base, 50).toFixed(2)} / ${percentile(base, 99).toFixed(2)}`, cpu: cpuW });
+    rows.push({ scenario: 'd. latency', figure: 'p50 overhead over the bare hops (ms)', value: +over.toFixed(2), target: '<= 1', met: over <= 1, cpu: cpuB });
+  }
+
+  // e. memory and RPC rate
+  {
+    const [n, sessions] = P.memory;
+    const perSession = n / sessions;
+    log(`e. memory: ${n} watches over ${sessions} sessions`);
+    const heap = async () => {
+      const text = await (await fetch(`http://127.0.0.1:${adminPort}/metrics?gc=1`)).text();
+      return Number(/^waymark_nodejs_heap_size_used_bytes (\S+)/m.exec(text)?.[1]);
+    };
+    await heap();
+    const before = await heap();
+    const c = cpuNow();
+    const specs: Array<Array<[number, string, string]>> = watchers.map(() => []);
+    for (let i = 0; i < sessions; i++) {
+      for (let j = 0; j < perSession; j++) specs[i % P.watchers].push([Math.floor(i / P.watchers), `/mem/${i}/${j}?q=${j}`, `mem-${i}`]);
+    }
+    const r = await Promise.all(watchers.map((w, k) => w.request({ cmd: 'watch', specs: specs[k], concurrency: 512 })));
+    const ms = Math.max(...r.map((x) => x.ms));
+    const cpu = cpuDelta(c);
+    const after = await heap();
+    const perWatch = (after - before) / n;
+    rows.push({ scenario: `e. ${n} watches / ${sessions} sessions`, figure: 'heap per watch (bytes)', value: Math.round(perWatch), target: '<= 1024', met: perWatch <= 1024 });
+    rows.push({ scenario: 'e. watch RPC rate', figure: 'waymark.watch calls per second', value: Math.round(n / (ms / 1000)), cpu });
+  }
+
+  // f. fetch layer
+  {
+    const n = P.fetch;
+    log(`f. fetch layer: ${n} requests per client, 64 in flight`);
+    const u = new URL(apiUrl);
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
+    const clients: Array<[string, (i: number) => Promise<unknown>]> = [
+      ['undici Pool.request', async (i) => (await pool.request({ method: 'GET', path: '/f', headers: { authorization: `Bearer f${i}` } })).body.text()],
+      ['node:http keep-alive', (i) => new Promise((resolve, reject) => {
+        http.get({ host: u.hostname, port: u.port, path: '/f', agent, headers: { authorization: `Bearer f${i}` } }, (res) => {
+          let d = '';
+          res.on('data', (c) => { d += c; });
+          res.on('end', () => resolve(d));
+        }).on('error', reject);
+      })],
+      ['got 14', (i) => got(`${apiUrl}/f`, { headers: { authorization: `Bearer f${i}` }, agent: { http: agent }, retry: { limit: 0 } }).text()],
+      ['fetch (built-in)', async (i) => (await fetch(`${apiUrl}/f`, { headers: { authorization: `Bearer f${i}` } })).text()],
+    ];
+    let undiciUs = 0;
+    for (const [name, one] of clients) {
+      for (let i = 0; i < 200; i++) await one(i); // warm up
+      const cpu0 = process.cpuUsage();
+      const start = nowMs();
+      let next = 0;
+      await Promise.all(Array.from({ length: 64 }, async () => { while (next < n) await one(next++); }));
+      const wall = nowMs() - start;
+      const cpu = process.cpuUsage(cpu0);
+      const us = (cpu.user + cpu.system) / n;
+      if (!undiciUs) undiciUs = us;
+      rows.push({ scenario: `f. fetch layer: ${name}`, figure: 'client CPU per request (us) / req/s', value: `${us.toFixed(1)} / ${Math.round(n / (wall / 1000))}`, ratio: +(us / undiciUs).toFixed(2) });
+    }
+    agent.destroy();
+  }
+
+  await pool.close();
+  await Promise.all(watchers.map((w) => w.request({ cmd: 'close' }).catch(() => undefined)));
+  await Promise.all(watchers.map((w) => w.stop()));
+  await stopProcess(component);
+  await upstream.stop();
+  await router.stop();
+  await redis.quit();
+
+  const machine = `${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, node ${process.version}, ${os.platform()} ${os.release()}`;
+  const table = [
+    '| scenario | figure | Waymark | baseline | ratio | target | met | CPU s (component / router / upstream / watchers / bench) |',
+    '|---|---|---|---|---|---|---|---|',
+    ...rows.map((r) => `| ${r.scenario} | ${r.figure} | ${r.value} | ${r.baseline ?? ''} | ${r.ratio ?? ''} | ${r.target ?? ''} | ${r.met === undefined ? '' : r.met ? 'yes' : 'NO'} | ${r.cpu ? [r.cpu.component, r.cpu.router, r.cpu.upstream, r.cpu.watchers, r.cpu.bench].join(' / ') : ''} |`),
+  ].join('\n');
+  process.stdout.write(`\nWaymark bench (${quick ? 'quick' : 'full'}) on ${machine}, ${Math.round((Date.now() - t0) / 1000)} s\n\n${table}\n`);
+  mkdirSync(here('../../bench'), { recursive: true });
+  writeFileSync(here(`../../bench/results${quick ? '-quick' : ''}.json`), JSON.stringify({ mode: quick ? 'quick' : 'full', machine, at: new Date().toISOString(), rows }, null, 2) + '\n');
+  process.exit(0);
+}
+
+main().catch((err) => {
+  process.stderr.write(`bench failed: ${(err as Error).stack}\n`);
+  process.exit(1);
+});
