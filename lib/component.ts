@@ -142,6 +142,11 @@ export class Waymark {
         ...(routerAuthid
           ? { authmethods: ['ticket'], authid: routerAuthid, onchallenge: () => routerTicket ?? '' }
           : { authmethods: ['anonymous'] }),
+        // autobahn prints every error a procedure throws; contract errors are the client's, not ours.
+        on_user_error: (err: unknown, context?: string) => {
+          if (err instanceof autobahn.Error && err.error.startsWith('waymark.error.')) return;
+          this.logger.error('unexpected error in a WAMP handler', { context, error: errorText(err) });
+        },
         max_retries: -1,
         initial_retry_delay: 0.5,
         max_retry_delay: 10,

@@ -46,6 +46,12 @@ function one(v: string | string[] | undefined): string | undefined {
   return Array.isArray(v) ? v[0] : v;
 }
 
+/** Stop reading a body we will not use; undici reports the abort as an error we expect. */
+function discard(body: NodeJS.ReadableStream & { destroy(): void }): void {
+  body.on('error', () => undefined);
+  body.destroy();
+}
+
 function errorResult(code: FetchErrorCode, message: string): FetchResult {
   return { status: 0, headers: {}, body: '', encoding: 'utf8', fetchedAt: Date.now(), error: { code, message } };
 }
@@ -107,7 +113,7 @@ export class UndiciFetcher implements Fetcher {
       }
       const declared = Number(res.headers['content-length']);
       if (Number.isFinite(declared) && declared > this.opts.maxBodyBytes) {
-        res.body.destroy();
+        discard(res.body);
         return this.tooLarge(res.statusCode, headers);
       }
       const extra = { ...(etag || lastModified ? { validators } : {}), ...(retryAfterMs !== undefined ? { retryAfterMs } : {}) };
@@ -116,7 +122,7 @@ export class UndiciFetcher implements Fetcher {
       for await (const chunk of res.body) {
         size += (chunk as Buffer).length;
         if (size > this.opts.maxBodyBytes) {
-          res.body.destroy();
+          discard(res.body);
           return this.tooLarge(res.statusCode, headers);
         }
         chunks.push(chunk as Buffer);

@@ -1,0 +1,37 @@
+# Waymark image: `docker build -t waymark .`, then `docker run waymark serve` (the default)
+# or `docker run waymark demo-api --host 0.0.0.0 --port 8000`.
+
+# ---- build: install everything, compile TypeScript, drop devDependencies ----
+FROM node:20-bookworm-slim AS build
+WORKDIR /app
+
+COPY package.json package-lock.json ./
+# --ignore-scripts: this image's npm 10 does not know package.json's "allowScripts" and would
+# run install scripts (fox-wamp's sqlite3 would try to compile). Nothing Waymark runs needs one.
+RUN npm ci --ignore-scripts --no-audit --no-fund
+
+COPY tsconfig.json ./
+COPY lib ./lib
+COPY dev ./dev
+COPY bin ./bin
+# Compile only what runs (lib/ and dev/): the project tsconfig also includes spec/ and bench/.
+RUN printf '{ "extends": "./tsconfig.json", "include": ["lib/**/*.ts", "dev/**/*.ts"] }\n' > tsconfig.docker.json \
+ && npx tsc -p tsconfig.docker.json \
+ && npm prune --omit=dev --ignore-scripts --no-audit --no-fund
+
+# ---- runtime: production dependencies and compiled code, non-root ----
+FROM node:20-bookworm-slim AS runtime
+ENV NODE_ENV=production
+WORKDIR /app
+
+COPY --from=build /app/package.json ./package.json
+COPY --from=build /app/node_modules ./node_modules
+COPY --from=build /app/dist/lib ./dist/lib
+COPY --from=build /app/dist/dev ./dist/dev
+COPY --from=build /app/bin ./bin
+
+USER node
+# admin port: /metrics, /healthz, /readyz (bind it with WAYMARK_ADMIN_HOST=0.0.0.0)
+EXPOSE 8081
+ENTRYPOINT ["node", "bin/waymark.js"]
+CMD ["serve"]
