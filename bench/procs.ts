@@ -81,25 +81,21 @@ export class Worker {
   }
 }
 
-/** `waymark serve` in its own process; resolves once it logs that it runs. */
-export async function startComponent(env: NodeJS.ProcessEnv): Promise<ChildProcess> {
+/** `waymark serve` in its own process; resolves once its /readyz answers 200. */
+export async function startComponent(env: NodeJS.ProcessEnv, adminPort: number): Promise<ChildProcess> {
   const child = spawn(process.execPath, ['--expose-gc', '--max-old-space-size=4096', here('../../bin/waymark.js'), 'serve'], {
     env, stdio: ['ignore', 'ignore', 'pipe'],
   });
   let log = '';
-  await new Promise<void>((resolve, reject) => {
-    const onData = (d: Buffer) => {
-      log += String(d);
-      if (log.includes('waymark running')) {
-        child.stderr!.off('data', onData);
-        child.stderr!.resume();
-        resolve();
-      }
-    };
-    child.stderr!.on('data', onData);
-    child.once('exit', (code) => reject(new Error(`component exited with ${code}: ${log.slice(-2000)}`)));
-  });
-  return child;
+  child.stderr!.on('data', (d: Buffer) => { log = (log + String(d)).slice(-4000); });
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`component exited with ${child.exitCode}: ${log}`);
+    const ok = await fetch(`http://127.0.0.1:${adminPort}/readyz`).then((r) => r.ok, () => false);
+    if (ok) return child;
+    if (Date.now() > deadline) throw new Error(`component not ready after 30 s: ${log}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }
 
 export async function stopProcess(child: ChildProcess | undefined): Promise<void> {

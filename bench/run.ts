@@ -49,7 +49,7 @@ async function main() {
     WAYMARK_REDIS_URL: REDIS_URL, WAYMARK_BUMP_CHANNEL: channel, WAYMARK_API_URL: apiUrl,
     WAYMARK_ADMIN_PORT: String(adminPort), WAYMARK_LOG_LEVEL: 'warn', WAYMARK_FETCH_TIMEOUT_MS: '60000',
     WAYMARK_RATE_LIMIT: '1000000', WAYMARK_RATE_BURST: '1000000',
-  });
+  }, adminPort);
   log(`router ${routerUrl}, API ${apiUrl}, component pid ${component.pid}`);
   const watchers = Array.from({ length: P.watchers }, () => Worker.start('./watchers-proc.js'));
   await Promise.all(watchers.map(ready));
@@ -169,7 +169,7 @@ async function main() {
     const start = nowMs();
     await redis.publish(channel, path);
     const s = await waitReceived(n);
-    const st = await control('version?v=dd-1');
+    const st = await control('stats');
     rows.push({ scenario: `b. dedupe ${n} watches / ${tokens} tokens`, figure: 'upstream requests per bump', value: st.total, baseline: tokens, target: `= ${tokens}`, met: st.total === tokens, cpu: cpuDelta(c) });
     rows.push({ scenario: 'b. dedupe', figure: 'PUBLISH -> last Update (ms)', value: Math.round(s.lastAt - start) });
   }
@@ -202,7 +202,7 @@ async function main() {
       await sleep(50);
     }
     await sleep(300); // let any straggling fetch land before counting
-    const st = await control('reset');
+    const st = await control('stats');
     rows.push({ scenario: `c. burst 100 bumps in ${burstMs.toFixed(1)} ms, ${n} watchers`, figure: 'requests per credential (max)', value: st.maxPerToken, target: '<= 2', met: st.maxPerToken <= 2, cpu: cpuDelta(c) });
     rows.push({ scenario: 'c. burst', figure: 'sessions whose last Update is the final state', value: `${atFinal}/${n}`, target: 'all', met: atFinal === n });
   }
