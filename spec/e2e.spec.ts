@@ -4,20 +4,14 @@ import { ERROR_URIS, PROC_UNWATCH, PROC_WATCH } from '../lib/uris.js';
 import { sleep, waitFor } from './helpers/env.js';
 import { startWaymark, type Harness } from './helpers/harness.js';
 import { Upstream, upstreamVersion } from './helpers/upstream.js';
-import { Client } from './helpers/wamp-client.js';
+import { Client, ClientPool } from './helpers/wamp-client.js';
 import { VERSION } from '../lib/version.js';
 
 describe('end to end: watch -> bump -> refetch as the client -> private push', function () {
   let api: Upstream;
   let wm: Harness;
-  const clients: Client[] = [];
-
-  async function client(): Promise<Client> {
-    const c = await Client.connect();
-    clients.push(c);
-    await c.listen();
-    return c;
-  }
+  const pool = new ClientPool();
+  const client = () => pool.open();
 
   beforeEach(async function () {
     upstreamVersion.value = 1;
@@ -26,7 +20,7 @@ describe('end to end: watch -> bump -> refetch as the client -> private push', f
   });
 
   afterEach(async function () {
-    await Promise.all(clients.splice(0).map((c) => c.close()));
+    await pool.closeAll();
     await wm.close();
     await api.close();
   });

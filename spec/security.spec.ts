@@ -5,7 +5,7 @@ import { ERROR_URIS, PROC_REFRESH, PROC_UNWATCH, PROC_WATCH } from '../lib/uris.
 import { sleep, testEnv, waitFor } from './helpers/env.js';
 import { startWaymark, type Harness } from './helpers/harness.js';
 import { Upstream } from './helpers/upstream.js';
-import { Client } from './helpers/wamp-client.js';
+import { Client, ClientPool } from './helpers/wamp-client.js';
 
 const CONTRACT_ERRORS = new Set(Object.values(ERROR_URIS));
 
@@ -14,14 +14,8 @@ describe('security', function () {
   let api: Upstream;
   let evil: Upstream;
   let wm: Harness | undefined;
-  const clients: Client[] = [];
-
-  async function client(): Promise<Client> {
-    const c = await Client.connect();
-    clients.push(c);
-    await c.listen();
-    return c;
-  }
+  const pool = new ClientPool();
+  const client = () => pool.open();
 
   beforeEach(async function () {
     api = await new Upstream().start();
@@ -30,7 +24,7 @@ describe('security', function () {
   });
 
   afterEach(async function () {
-    await Promise.all(clients.splice(0).map((c) => c.close()));
+    await pool.closeAll();
     await wm?.close();
     wm = undefined;
     await api.close();
@@ -237,8 +231,7 @@ describe('security', function () {
       wm = await startWaymark(api.url);
       const alice = await client();
       // a backend-role session: the router lets it subscribe anywhere, only `eligible` stops it
-      const backend = await Client.connect({ authid: testEnv.authid, ticket: testEnv.ticket });
-      clients.push(backend);
+      const backend = pool.add(await Client.connect({ authid: testEnv.authid, ticket: testEnv.ticket }));
       await backend.listen(alice.topic);
       await alice.call(PROC_WATCH, ['/users/1', { token: 'alice' }]);
       await wm.bump('/users/1');

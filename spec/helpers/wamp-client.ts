@@ -72,3 +72,26 @@ export class Client {
     });
   }
 }
+
+/** The browser-like clients one spec opens, each listening on its own topic; `closeAll()` in afterEach. */
+export class ClientPool {
+  private readonly clients: Client[] = [];
+
+  /** A new client, already subscribed to its own topic. */
+  async open(): Promise<Client> {
+    const c = await Client.connect();
+    this.clients.push(c);
+    await c.listen();
+    return c;
+  }
+
+  /** Track a client opened elsewhere so closeAll() closes it too. */
+  add(c: Client): Client {
+    this.clients.push(c);
+    return c;
+  }
+
+  async closeAll(): Promise<void> {
+    await Promise.all(this.clients.splice(0).map((c) => c.close()));
+  }
+}
