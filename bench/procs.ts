@@ -83,7 +83,9 @@ export class Worker {
 
 /** `waymark serve` in its own process; resolves once its /readyz answers 200. */
 export async function startComponent(env: NodeJS.ProcessEnv, adminPort: number): Promise<ChildProcess> {
-  const child = spawn(process.execPath, ['--expose-gc', '--max-old-space-size=4096', here('../../bin/waymark.js'), 'serve'], {
+  // WAYMARK_BENCH_PROFILE=dir writes a V8 CPU profile of the component there (node --cpu-prof).
+  const profile = process.env.WAYMARK_BENCH_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.WAYMARK_BENCH_PROFILE}`] : [];
+  const child = spawn(process.execPath, [...profile, '--expose-gc', '--max-old-space-size=4096', here('../../bin/waymark.js'), 'serve'], {
     env, stdio: ['ignore', 'ignore', 'pipe'],
   });
   let log = '';

@@ -1,6 +1,7 @@
 // Watcher sessions for the benchmark: many real WAMP sessions in one process, each subscribed
 // to its own topic, counting what arrives and when.
 import autobahn from 'autobahn';
+import { WAMP_SUBPROTOCOLS } from '../lib/uris.js';
 import { nowMs } from './procs.js';
 
 console.warn = () => undefined; // autobahn reports every close
@@ -25,7 +26,7 @@ function onUpdate(s: S, update: { body?: string; bump?: { id: string } | null })
 function open(url: string, realm: string, auth?: { authid: string; ticket: string }): Promise<S> {
   return new Promise((resolve, reject) => {
     const connection = new autobahn.Connection({
-      url, realm, max_retries: 0,
+      url, realm, protocols: WAMP_SUBPROTOCOLS, max_retries: 0,
       ...(auth ? { authmethods: ['ticket'], authid: auth.authid, onchallenge: () => auth.ticket } : {}),
     });
     connection.onopen = (session) => {

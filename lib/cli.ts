@@ -7,7 +7,7 @@ import { createWaymark } from './component.js';
 import { loadConfig, type WaymarkConfig } from './config.js';
 import { ConfigError } from './errors.js';
 import { createLogger, type Logger } from './logger.js';
-import { sessionTopic, PROC_WATCH } from './uris.js';
+import { sessionTopic, PROC_WATCH, WAMP_SUBPROTOCOLS } from './uris.js';
 import { VERSION } from './version.js';
 
 type Env = Record<string, string | undefined>;
@@ -295,7 +295,7 @@ async function watch(argv: string[], io: CliIO): Promise<number> {
   return new Promise<number>((resolve) => {
     let printed = 0;
     let done = false;
-    const connection = new autobahn.Connection({ url, realm, max_retries: 0 });
+    const connection = new autobahn.Connection({ url, realm, protocols: WAMP_SUBPROTOCOLS, max_retries: 0 });
     const finish = (code: number, message?: string) => {
       if (done) return;
       done = true;

@@ -1,6 +1,6 @@
 import autobahn from 'autobahn';
 import type { Update, WatchResult } from './types.js';
-import { ANNOUNCE_TOPIC, PROC_REFRESH, PROC_UNWATCH, PROC_WATCH, sessionTopic } from './uris.js';
+import { ANNOUNCE_TOPIC, PROC_REFRESH, PROC_UNWATCH, PROC_WATCH, sessionTopic, WAMP_SUBPROTOCOLS } from './uris.js';
 
 /** The browser and Node client of Waymark (`waymark/client`), on autobahn-js. */
 
@@ -79,6 +79,7 @@ export class WaymarkClient {
     this.connection = new autobahn.Connection({
       url: opts.url,
       realm: opts.realm ?? 'realm1',
+      protocols: WAMP_SUBPROTOCOLS,
       max_retries: -1,
       initial_retry_delay: 0.3,
       max_retry_delay: opts.maxRetryDelay ?? 10,

@@ -14,6 +14,7 @@ import { authorize } from './authorizer.js';
 import { SessionRateLimiter } from './rate-limiter.js';
 import {
   ANNOUNCE_TOPIC, META_ON_LEAVE, PROC_AUTHORIZE, PROC_REFRESH, PROC_UNWATCH, PROC_WATCH, sessionTopic,
+  WAMP_SUBPROTOCOLS,
 } from './uris.js';
 import { callerOf, parseCredentials, parseWatchArgs, resolveApiUrl } from './validation.js';
 import { WatchRegistry } from './watch-registry.js';
@@ -139,6 +140,7 @@ export class Waymark {
       const connection = new autobahn.Connection({
         url: routerUrl,
         realm,
+        protocols: WAMP_SUBPROTOCOLS,
         ...(routerAuthid
           ? { authmethods: ['ticket'], authid: routerAuthid, onchallenge: () => routerTicket ?? '' }
           : { authmethods: ['anonymous'] }),

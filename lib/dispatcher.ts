@@ -285,6 +285,7 @@ export class Dispatcher {
     }
     if (g.next) {
       this.enqueue(g);
+      this.pump();
     } else {
       g.state = 'idle';
       if (!this.opts.registry.group(g.path, g.credKey)) this.groups.delete(g.key);

@@ -21,6 +21,13 @@ export function sessionTopic(session: number): string {
  */
 export const ANNOUNCE_TOPIC = 'waymark.announce';
 
+/**
+ * The one WebSocket subprotocol Waymark offers. autobahn's default joins every serializer it
+ * has into one header value, which ws 8 rejects in Node; JSON is what routers picked anyway,
+ * and naming it keeps the serializer the same on every router.
+ */
+export const WAMP_SUBPROTOCOLS: string[] = ['wamp.2.json'];
+
 export const META_ON_LEAVE = 'wamp.session.on_leave';
 
 export const ERROR_URIS = {

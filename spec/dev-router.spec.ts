@@ -7,7 +7,7 @@ import { createRequire } from 'node:module';
 import { expect } from 'chai';
 import autobahn from 'autobahn';
 import { startDevRouter, type DevRouter } from '../dev/router.js';
-import { sessionTopic } from '../lib/uris.js';
+import { sessionTopic, WAMP_SUBPROTOCOLS } from '../lib/uris.js';
 
 const TICKETS = { waymark: 'tkt-waymark', other: 'tkt-other' };
 
@@ -33,6 +33,7 @@ function connect(url: string, o: OpenOptions = {}): Promise<Peer> {
     const conn = new autobahn.Connection({
       url: o.url ?? url,
       realm: o.realm ?? 'realm1',
+      protocols: WAMP_SUBPROTOCOLS,
       max_retries: 0,
       retry_if_unreachable: false,
       ...(o.authmethods ? { authmethods: o.authmethods } : {}),

@@ -1,6 +1,6 @@
 import autobahn from 'autobahn';
 import type { Update } from '../../lib/types.js';
-import { sessionTopic } from '../../lib/uris.js';
+import { sessionTopic, WAMP_SUBPROTOCOLS } from '../../lib/uris.js';
 import { testEnv, waitFor } from './env.js';
 
 export interface WampErrorShape {
@@ -18,6 +18,7 @@ export class Client {
       const connection = new autobahn.Connection({
         url: testEnv.routerUrl,
         realm: testEnv.realm,
+        protocols: WAMP_SUBPROTOCOLS,
         max_retries: 0,
         retry_if_unreachable: false,
         ...(opts.authid ? { authmethods: ['ticket'], authid: opts.authid, onchallenge: () => opts.ticket ?? '' } : {}),
