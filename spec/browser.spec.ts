@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { randomChannel, testEnv } from './helpers/env.js';
 import { cleanEnv, freePort, runCli, type Proc } from './helpers/spawn.js';
+import { startDemoApi } from '../dev/demo-api.js';
 
 /**
  * The browser demo end to end, as a person uses it: `waymark dev` serves the page, two tabs of
@@ -41,6 +42,7 @@ describe('browser demo (headless Chromium)', function () {
   let context: BrowserContext | undefined;
   let profileDir: string | undefined;
   let demoUrl: string;
+  let routerUrl: string;
   const problems: string[] = [];
 
   before(async function () {
@@ -48,9 +50,9 @@ describe('browser demo (headless Chromium)', function () {
       throw new Error(`the browser spec needs Debian's Chromium at ${CHROMIUM}: run 'apt-get install -y chromium' (.ci/run installs it)`);
     }
     if (!existsSync(BUNDLE)) throw new Error(`${BUNDLE} is missing: run 'npm run build' (npm test builds it)`);
-    const port = await freePort();
+    routerUrl = `ws://127.0.0.1:${await freePort()}/ws`;
     dev = runCli(['dev', '--api-port', '0'], cleanEnv({
-      WAYMARK_ROUTER_URL: `ws://127.0.0.1:${port}/ws`,
+      WAYMARK_ROUTER_URL: routerUrl,
       WAYMARK_REDIS_URL: testEnv.redisUrl,
       WAYMARK_BUMP_CHANNEL: randomChannel(),
       WAYMARK_ADMIN_PORT: '0',
@@ -99,6 +101,17 @@ describe('browser demo (headless Chromium)', function () {
     expect(await text(page, 'signed-in-as')).to.equal(who);
     return page;
   }
+
+  it('waymark dev serves the page, the bundle and where the router is', async function () {
+    const config = await fetch(`${demoUrl}/config.json`);
+    expect(await config.json()).to.deep.equal({ routerUrl, realm: 'realm1' });
+    const page = await fetch(`${demoUrl}/`);
+    expect(page.headers.get('content-type')).to.match(/^text\/html/);
+    expect(await page.text()).to.include("from '/waymark-client.js'").and.include('data-testid="signin-alice"');
+    const bundle = await fetch(`${demoUrl}/waymark-client.js`);
+    expect(bundle.headers.get('content-type')).to.match(/^text\/javascript/);
+    expect(await bundle.text()).to.include('connectWaymark');
+  });
 
   it('shows each tab its own user\'s data, live within one second of an edit', async function () {
     const alice = await openTab('alice');
@@ -162,11 +175,21 @@ describe('browser demo (headless Chromium)', function () {
     expect(await alice.evaluate(() => !!(window as unknown as { __sawAliceOnly?: boolean }).__sawAliceOnly)).to.equal(true);
 
     await mkdir(OUTPUT, { recursive: true });
+    const shots: string[] = [];
     for (const [who, page] of [['alice', alice], ['bob', bob]] as const) {
       const file = join(OUTPUT, `browser-demo-${who}.png`);
-      await page.screenshot({ path: file, fullPage: true });
+      shots.push((await page.screenshot({ path: file, fullPage: true })).toString('base64'));
       console.log(`      screenshot (${who}): ${file}`);
     }
+    // Both tabs side by side in one picture, as a person would arrange them.
+    const both = await context!.newPage();
+    await both.setViewportSize({ width: 1460, height: 820 });
+    await both.setContent(`<body style="margin:0;display:flex;gap:20px;background:#9aa3b0">${
+      shots.map((b64) => `<img style="width:720px" src="data:image/png;base64,${b64}">`).join('')}</body>`);
+    const file = join(OUTPUT, 'browser-demo.png');
+    await both.screenshot({ path: file, fullPage: true });
+    await both.close();
+    console.log(`      screenshot (both tabs): ${file}`);
     expect(problems, 'page errors').to.deep.equal([]);
   });
 
@@ -192,5 +215,19 @@ describe('browser demo (headless Chromium)', function () {
     expect(seen.after).to.equal('closed');
     expect(problems, 'page errors').to.deep.equal([]);
     await page.close();
+  });
+});
+
+describe('demo API without the page', function () {
+  it('serves no page, bundle or config unless asked to', async function () {
+    const api = await startDemoApi();
+    try {
+      for (const path of ['/', '/config.json', '/waymark-client.js']) {
+        expect((await fetch(`${api.url}${path}`)).status, path).to.equal(404);
+      }
+      expect((await fetch(`${api.url}/users/1`, { headers: { authorization: 'Bearer bob' } })).status).to.equal(200);
+    } finally {
+      await api.close();
+    }
   });
 });
