@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
@@ -5,12 +6,21 @@ import type { AddressInfo } from 'node:net';
  * The demo API of `waymark dev` and docker compose: `/users/:id` answers per bearer token, so
  * alice and bob see different data on the same path, and 401 without a known token. Editing a
  * profile (PUT/PATCH/POST) bumps its path, which is all a backend has to do for live updates.
+ * With `page`, it also serves the browser demo (dev/demo/index.html) at `/`, the client bundle
+ * it imports, and `/config.json` telling the page where the router is.
  */
 export interface DemoApiOptions {
   host?: string;
   port?: number;
   /** called after every edit with the changed path; the CLI wires it to a Redis PUBLISH */
   bump?: (path: string) => Promise<void> | void;
+  /** serve the browser demo page; the router URL is what the browser connects to */
+  page?: DemoPageOptions;
+}
+
+export interface DemoPageOptions {
+  routerUrl: string;
+  realm: string;
 }
 
 export interface DemoApi {
@@ -44,6 +54,25 @@ function send(res: ServerResponse, status: number, body: unknown): void {
   res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store' }).end(JSON.stringify(body));
 }
 
+// Relative to dist/dev/demo-api.js: the page stays an HTML file, the bundle is `npm run build`'s.
+const PAGE_FILES: Record<string, { file: URL; type: string }> = {
+  '/': { file: new URL('../../dev/demo/index.html', import.meta.url), type: 'text/html; charset=utf-8' },
+  '/waymark-client.js': { file: new URL('../browser/waymark-client.js', import.meta.url), type: 'text/javascript; charset=utf-8' },
+  '/waymark-client.js.map': { file: new URL('../browser/waymark-client.js.map', import.meta.url), type: 'application/json' },
+};
+
+/** The page's files are read per request, so a rebuilt bundle is served without a restart. */
+async function sendPageFile(res: ServerResponse, pathname: string): Promise<void> {
+  const { file, type } = PAGE_FILES[pathname];
+  let body: Buffer;
+  try {
+    body = await readFile(file);
+  } catch {
+    return send(res, 404, { error: `${pathname} is not built: run 'npm run build' in the waymark checkout` });
+  }
+  res.writeHead(200, { 'content-type': type, 'cache-control': 'no-store' }).end(body);
+}
+
 function readJson(req: IncomingMessage, limit = 16 * 1024): Promise<Record<string, unknown>> {
   return new Promise((resolve, reject) => {
     let size = 0;
@@ -64,11 +93,16 @@ function readJson(req: IncomingMessage, limit = 16 * 1024): Promise<Record<strin
   });
 }
 
-export function createDemoApiHandler(opts: Pick<DemoApiOptions, 'bump'> = {}) {
+export function createDemoApiHandler(opts: Pick<DemoApiOptions, 'bump' | 'page'> = {}) {
   const profiles = initialProfiles();
   return async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const url = new URL(req.url ?? '/', 'http://demo.invalid');
     if (url.pathname === '/healthz') return send(res, 200, { ok: true });
+    if (opts.page && req.method === 'GET') {
+      if (url.pathname === '/config.json') return send(res, 200, { routerUrl: opts.page.routerUrl, realm: opts.page.realm });
+      if (url.pathname === '/index.html') url.pathname = '/';
+      if (Object.hasOwn(PAGE_FILES, url.pathname)) return sendPageFile(res, url.pathname);
+    }
     const match = /^\/users\/(\d+)$/.exec(url.pathname);
     if (!match) return send(res, 404, { error: 'not found' });
     const auth = /^Bearer (.+)$/.exec(req.headers.authorization ?? '');

@@ -36,7 +36,8 @@ a second signal exits at once. Exit code 2: a bad setting or a port that cannot 
 
 Runs everything a newcomer needs on one machine: a WAMP router on WAYMARK_ROUTER_URL
 (default ws://127.0.0.1:8080/ws, realm realm1), the Waymark component and a demo API
-(default http://127.0.0.1:8000, tokens alice and bob). Needs Redis at WAYMARK_REDIS_URL
+(default http://127.0.0.1:8000, tokens alice and bob) which also serves the browser demo page
+at its root. Needs Redis at WAYMARK_REDIS_URL
 (default redis://127.0.0.1:6379). Set WAYMARK_API_URL to use your own API instead of the demo.
 
 Options:
@@ -235,7 +236,11 @@ async function dev(argv: string[], io: CliIO): Promise<number> {
       cleanup.push(() => bumper.close());
       let api;
       try {
-        api = await demo.startDemoApi({ port: apiPort, bump: async (path) => { await bumper.bump(path); } });
+        api = await demo.startDemoApi({
+          port: apiPort,
+          bump: async (path) => { await bumper.bump(path); },
+          page: { routerUrl: router.url, realm: preliminary.realm },
+        });
       } catch (err) {
         throw new UsageError(`cannot listen on 127.0.0.1:${apiPort} for the demo API (${(err as NodeJS.ErrnoException).code}); pick another with --api-port`);
       }
@@ -251,6 +256,7 @@ async function dev(argv: string[], io: CliIO): Promise<number> {
       'waymark dev is running:',
       `  router    ${router.url}  (realm ${config.realm}, in-process)`,
       `  API       ${apiUrl}${io.env.WAYMARK_API_URL ? '' : '  (demo: tokens alice and bob)'}`,
+      ...(io.env.WAYMARK_API_URL ? [] : [`  demo      ${apiUrl}/  (browser demo: open it in two tabs, sign in as alice and as bob)`]),
       `  redis     ${config.redisUrl}  (channel ${config.bumpChannel})`,
       ...(config.adminPort ? [`  admin     http://${config.adminHost}:${waymark.adminAddress?.port ?? config.adminPort}/metrics`] : []),
       '',

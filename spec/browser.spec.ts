@@ -1,0 +1,233 @@
+import { expect } from 'chai';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import { randomChannel, testEnv } from './helpers/env.js';
+import { cleanEnv, freePort, runCli, type Proc } from './helpers/spawn.js';
+import { startDemoApi } from '../dev/demo-api.js';
+
+/**
+ * The browser demo end to end, as a person uses it: `waymark dev` serves the page, two tabs of
+ * Debian's headless Chromium sign in as alice and as bob, both watch /users/1, alice edits it
+ * through the demo API, and each tab shows the profile as the API shows it to its own user.
+ */
+
+// Debian's package (.ci/run installs it); playwright-core downloads no browser of its own.
+const CHROMIUM = '/usr/bin/chromium';
+// Without the background-networking flags Chromium keeps dialling Google's hosts, which this
+// machine's closed network refuses; --no-sandbox because the specs run as root.
+const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const BUNDLE = join(ROOT, 'dist/browser/waymark-client.js');
+const GLOBAL_BUNDLE = join(ROOT, 'dist/browser/waymark-client.global.js');
+const OUTPUT = join(ROOT, 'spec-output');
+const ALICE_ONLY = 'alice@example.test';
+const EDIT_DEADLINE_MS = 1_000;
+
+interface DemoUpdate { status: number; path: string; bump: { id: string; at: number } | null; json?: Record<string, unknown>; receivedAt: number }
+interface DemoEdit { path: string; startedAt: number; answeredAt?: number; status: number }
+interface DemoState { updates: DemoUpdate[]; edits: DemoEdit[]; ready: boolean }
+type DemoWindow = Window & { waymarkDemo: DemoState };
+
+const demoState = (page: Page): Promise<DemoState> => page.evaluate(() => (window as unknown as DemoWindow).waymarkDemo);
+const text = (page: Page, testid: string): Promise<string> => page.getByTestId(testid).innerText();
+
+describe('browser demo (headless Chromium)', function () {
+  this.timeout(60_000);
+  let dev: Proc | undefined;
+  let context: BrowserContext | undefined;
+  let profileDir: string | undefined;
+  let demoUrl: string;
+  let routerUrl: string;
+  const problems: string[] = [];
+
+  before(async function () {
+    if (!existsSync(CHROMIUM)) {
+      throw new Error(`the browser spec needs Debian's Chromium at ${CHROMIUM}: run 'apt-get install -y chromium' (.ci/run installs it)`);
+    }
+    if (!existsSync(BUNDLE)) throw new Error(`${BUNDLE} is missing: run 'npm run build' (npm test builds it)`);
+    routerUrl = `ws://127.0.0.1:${await freePort()}/ws`;
+    dev = runCli(['dev', '--api-port', '0'], cleanEnv({
+      WAYMARK_ROUTER_URL: routerUrl,
+      WAYMARK_REDIS_URL: testEnv.redisUrl,
+      WAYMARK_BUMP_CHANNEL: randomChannel(),
+      WAYMARK_ADMIN_PORT: '0',
+    }));
+    [, demoUrl] = await dev.waitForOutput(/demo\s+(http:\/\/127\.0\.0\.1:\d+)\//, 'stdout', 20_000);
+    profileDir = await mkdtemp(join(tmpdir(), 'waymark-chromium-'));
+    context = await chromium.launchPersistentContext(profileDir, {
+      executablePath: CHROMIUM,
+      headless: true,
+      args: CHROMIUM_ARGS,
+      viewport: { width: 720, height: 820 },
+    });
+  });
+
+  after(async function () {
+    await context?.close();
+    if (profileDir) await rm(profileDir, { recursive: true, force: true });
+    if (dev) {
+      dev.kill('SIGTERM');
+      await dev.exited;
+    }
+  });
+
+  async function openTab(who: 'alice' | 'bob'): Promise<Page> {
+    const page = await context!.newPage();
+    page.on('pageerror', (err) => problems.push(`${who}: ${err.message}`));
+    page.on('console', (msg) => {
+      // Chromium logs every 4xx on the console; bob's refused edit below is one on purpose.
+      if (msg.type() === 'error' && !(who === 'bob' && /status of 403/.test(msg.text()))) problems.push(`${who}: console: ${msg.text()}`);
+    });
+    // Watches the whole document from the first paint on, so "never" covers every moment, not
+    // only the ones the spec happens to look at.
+    await page.addInitScript((needle: string) => {
+      const w = window as unknown as { __sawAliceOnly?: boolean };
+      new MutationObserver(() => {
+        if (document.body?.textContent?.includes(needle)) w.__sawAliceOnly = true;
+      }).observe(document, { subtree: true, childList: true, characterData: true });
+    }, ALICE_ONLY);
+    await page.goto(`${demoUrl}/`);
+    await page.getByTestId(`signin-${who}`).click();
+    await page.waitForFunction(() => {
+      const d = (window as unknown as DemoWindow).waymarkDemo;
+      return d.ready && d.updates.length >= 1;
+    }, undefined, { timeout: 10_000 });
+    expect(await text(page, 'state')).to.equal('open');
+    expect(await text(page, 'signed-in-as')).to.equal(who);
+    return page;
+  }
+
+  it('waymark dev serves the page, the bundle and where the router is', async function () {
+    const config = await fetch(`${demoUrl}/config.json`);
+    expect(await config.json()).to.deep.equal({ routerUrl, realm: 'realm1' });
+    const page = await fetch(`${demoUrl}/`);
+    expect(page.headers.get('content-type')).to.match(/^text\/html/);
+    expect(await page.text()).to.include("from '/waymark-client.js'").and.include('data-testid="signin-alice"');
+    const bundle = await fetch(`${demoUrl}/waymark-client.js`);
+    expect(bundle.headers.get('content-type')).to.match(/^text\/javascript/);
+    expect(await bundle.text()).to.include('connectWaymark');
+  });
+
+  it('shows each tab its own user\'s data, live within one second of an edit', async function () {
+    const alice = await openTab('alice');
+    const bob = await openTab('bob');
+
+    // The snapshot: the same path, seen by two users.
+    expect(await text(alice, 'profile-viewer')).to.equal('alice');
+    expect(await text(alice, 'profile-email')).to.equal(ALICE_ONLY);
+    expect(await text(bob, 'profile-viewer')).to.equal('bob');
+    expect(await text(bob, 'profile-email')).to.match(/hidden/);
+    expect(await text(bob, 'profile-name')).to.equal(await text(alice, 'profile-name'));
+
+    // Bob may not edit alice's profile: the API says 403 and nothing is bumped.
+    await bob.getByTestId('edit-bio').fill('bob was here');
+    await bob.getByTestId('edit-save').click();
+    await bob.getByTestId('edit-status').filter({ hasText: '403' }).waitFor({ timeout: 5_000 });
+
+    const times: Array<{ alice: number; bob: number; api: number }> = [];
+    for (let round = 1; round <= 3; round++) {
+      const bio = `Edited in the browser, round ${round} (${Date.now()})`;
+      const before = { alice: (await demoState(alice)).updates.length, bob: (await demoState(bob)).updates.length };
+      await alice.getByTestId('edit-name').fill(`Alice ${round}`);
+      await alice.getByTestId('edit-bio').fill(bio);
+      await alice.getByTestId('edit-save').click();
+      // A generous wait for the text to show; the one-second bound is checked on the page's clock below.
+      for (const page of [alice, bob]) await page.getByTestId('profile-bio').filter({ hasText: bio }).waitFor({ timeout: 5_000 });
+
+      const [a, b] = [await demoState(alice), await demoState(bob)];
+      const edit = a.edits.at(-1)!;
+      expect(edit.status).to.equal(200);
+      expect(a.updates).to.have.length(before.alice + 1);
+      expect(b.updates).to.have.length(before.bob + 1);
+      const [ua, ub] = [a.updates.at(-1)!, b.updates.at(-1)!];
+      expect(ua.json).to.deep.include({ name: `Alice ${round}`, bio, viewer: 'alice', email: ALICE_ONLY, version: round + 1 });
+      expect(ub.json).to.deep.include({ name: `Alice ${round}`, bio, viewer: 'bob', version: round + 1 });
+      expect(ua.bump?.id).to.be.a('string');
+      expect(ub.bump?.id).to.equal(ua.bump?.id);
+      expect(await text(alice, 'profile-email')).to.equal(ALICE_ONLY);
+      expect(await text(bob, 'profile-email')).to.match(/hidden/);
+      // Both tabs share one browser's clock: edit start (click handler) -> Update rendered.
+      times.push({ alice: ua.receivedAt - edit.startedAt, bob: ub.receivedAt - edit.startedAt, api: edit.answeredAt! - edit.startedAt });
+    }
+    for (const [i, t] of times.entries()) {
+      console.log(`      edit ${i + 1}: PUT answered after ${t.api} ms; update shown to alice after ${t.alice} ms, to bob after ${t.bob} ms`);
+    }
+    for (const t of times) {
+      expect(t.alice, 'alice: edit -> update shown (ms)').to.be.below(EDIT_DEADLINE_MS);
+      expect(t.bob, 'bob: edit -> update shown (ms)').to.be.below(EDIT_DEADLINE_MS);
+    }
+
+    // Bob never saw alice-only data: not in any Update he was handed, not in his page at any moment.
+    const b = await demoState(bob);
+    expect(b.updates.length).to.equal(4);
+    for (const u of b.updates) {
+      expect(u.json).to.include({ viewer: 'bob' });
+      expect(u.json).not.to.have.property('email');
+    }
+    expect(await bob.evaluate(() => !!(window as unknown as { __sawAliceOnly?: boolean }).__sawAliceOnly)).to.equal(false);
+    expect(await bob.content()).not.to.include(ALICE_ONLY);
+    // The observer works: alice's page did show it.
+    expect(await alice.evaluate(() => !!(window as unknown as { __sawAliceOnly?: boolean }).__sawAliceOnly)).to.equal(true);
+
+    await mkdir(OUTPUT, { recursive: true });
+    const shots: string[] = [];
+    for (const [who, page] of [['alice', alice], ['bob', bob]] as const) {
+      const file = join(OUTPUT, `browser-demo-${who}.png`);
+      shots.push((await page.screenshot({ path: file, fullPage: true })).toString('base64'));
+      console.log(`      screenshot (${who}): ${file}`);
+    }
+    // Both tabs side by side in one picture, as a person would arrange them.
+    const both = await context!.newPage();
+    await both.setViewportSize({ width: 1460, height: 820 });
+    await both.setContent(`<body style="margin:0;display:flex;gap:20px;background:#9aa3b0">${
+      shots.map((b64) => `<img style="width:720px" src="data:image/png;base64,${b64}">`).join('')}</body>`);
+    const file = join(OUTPUT, 'browser-demo.png');
+    await both.screenshot({ path: file, fullPage: true });
+    await both.close();
+    console.log(`      screenshot (both tabs): ${file}`);
+    expect(problems, 'page errors').to.deep.equal([]);
+  });
+
+  it('the classic-script bundle defines window.Waymark with the same client', async function () {
+    const page = await context!.newPage();
+    page.on('pageerror', (err) => problems.push(`global: ${err.message}`));
+    await page.goto(`${demoUrl}/config.json`);
+    await page.addScriptTag({ path: GLOBAL_BUNDLE });
+    const seen = await page.evaluate(async () => {
+      type Client = { state: string; watch(p: string, o: object, cb: (u: { json?: unknown }) => void): Promise<unknown>; close(): Promise<void> };
+      const { Waymark } = window as unknown as { Waymark: { connectWaymark(o: { url: string; realm: string }): Promise<Client> } };
+      const { routerUrl, realm } = await (await fetch('/config.json')).json();
+      const wm = await Waymark.connectWaymark({ url: routerUrl, realm });
+      const got: unknown[] = [];
+      await wm.watch('/users/2', { token: 'bob', snapshot: true }, (u) => got.push(u.json));
+      const state = wm.state;
+      await wm.close();
+      return { state, got, after: wm.state };
+    });
+    expect(seen.state).to.equal('open');
+    expect(seen.got).to.have.length(1);
+    expect(seen.got[0]).to.include({ viewer: 'bob', email: 'bob@example.test' });
+    expect(seen.after).to.equal('closed');
+    expect(problems, 'page errors').to.deep.equal([]);
+    await page.close();
+  });
+});
+
+describe('demo API without the page', function () {
+  it('serves no page, bundle or config unless asked to', async function () {
+    const api = await startDemoApi();
+    try {
+      for (const path of ['/', '/config.json', '/waymark-client.js']) {
+        expect((await fetch(`${api.url}${path}`)).status, path).to.equal(404);
+      }
+      expect((await fetch(`${api.url}/users/1`, { headers: { authorization: 'Bearer bob' } })).status).to.equal(200);
+    } finally {
+      await api.close();
+    }
+  });
+});
