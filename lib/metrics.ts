@@ -5,6 +5,9 @@ export class Metrics {
   readonly registry = new Registry();
   readonly bumpsReceived = new Counter({ name: 'waymark_bumps_received_total', help: 'Bumps received from Redis', registers: [this.registry] });
   readonly bumpsMalformed = new Counter({ name: 'waymark_bumps_malformed_total', help: 'Bump messages dropped as malformed', registers: [this.registry] });
+  readonly bumpRequests = new Counter({
+    name: 'waymark_bump_requests_total', help: 'POST /bump requests on the admin port by response status', labelNames: ['status'], registers: [this.registry],
+  });
   readonly fetches = new Counter({
     name: 'waymark_fetches_total', help: 'Upstream fetches by status class', labelNames: ['class'], registers: [this.registry],
   });
