@@ -3,6 +3,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { MAX_BUMP_MESSAGE_BYTES, parseBumpMessage } from './bump-source.js';
 import { Redis } from 'ioredis';
 import { createBumper, type Bumper, type BumperOptions } from './bumper.js';
+import { DEFAULTS } from './config.js';
 import type { Logger } from './logger.js';
 import { RateLimitedLog } from './rate-limited-log.js';
 
@@ -129,7 +130,7 @@ export class BumpEndpoint {
     if (!this.bumper) {
       const { redisUrl } = this.opts.bumper;
       // Our own connection, so its errors are logged (rate-limited) instead of printed by ioredis.
-      this.redis = new Redis(redisUrl ?? 'redis://127.0.0.1:6379', { lazyConnect: true, maxRetriesPerRequest: 1 });
+      this.redis = new Redis(redisUrl ?? DEFAULTS.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 });
       this.redis.on('error', (err: Error) => this.warnings.warn('bump-redis-error', 'POST /bump: redis connection error', { error: err.message }));
       this.bumper = createBumper({ ...this.opts.bumper, redis: this.redis });
     }

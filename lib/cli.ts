@@ -384,7 +384,7 @@ async function doctor(argv: string[], io: CliIO): Promise<number> {
   if (!Number.isInteger(timeoutMs) || timeoutMs < 1) throw new UsageError(`--timeout-ms must be a positive whole number\n\n${HELP.doctor}`);
   const config = loadConfig(io.env);
   const { runDoctor, formatResult, redactUrl } = await import('./doctor.js');
-  io.stdout.write(`waymark doctor ${VERSION}: router ${config.routerUrl} realm ${config.realm}, redis ${redactUrl(config.redisUrl)}, API ${config.apiUrl}\n`);
+  io.stdout.write(`waymark doctor ${VERSION}: router ${redactUrl(config.routerUrl)} realm ${config.realm}, redis ${redactUrl(config.redisUrl)}, API ${config.apiUrl}\n`);
   const results = await runDoctor(config, { timeoutMs, onResult: (r) => io.stdout.write(`${formatResult(r)}\n`) });
   const failed = results.filter((r) => r.status === 'fail').map((r) => r.name);
   const skipped = results.filter((r) => r.status === 'skip').length;

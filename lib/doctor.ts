@@ -80,10 +80,11 @@ function reasonOf(err: unknown): string {
 // router: a WebSocket handshake offering the WAMP subprotocol
 // ---------------------------------------------------------------------------------------------
 
-async function checkRouter(url: string, timeoutMs: number): Promise<CheckResult> {
+async function checkRouter(rawUrl: string, timeoutMs: number): Promise<CheckResult> {
   const name = 'router';
   const t0 = performance.now();
-  const u = new URL(url);
+  const u = new URL(rawUrl);
+  const url = redactUrl(rawUrl);
   const secure = u.protocol === 'wss:';
   let req: ClientRequest | undefined;
   const handshake = new Promise<{ status: number; protocol?: string }>((resolve, reject) => {

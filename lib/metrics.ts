@@ -26,6 +26,9 @@ export class Metrics {
   readonly redisConnected = new Gauge({ name: 'waymark_redis_subscribed', help: '1 while subscribed to the bump channel', registers: [this.registry] });
 
   constructor() {
+    // Every status class exists from the start at 0, so rate() and alerts on e.g. 5xx work
+    // before the first such fetch.
+    for (const c of ['2xx', '3xx', '4xx', '5xx', 'error']) this.fetches.inc({ class: c }, 0);
     // process CPU, heap and event-loop lag, as waymark_process_* / waymark_nodejs_*
     collectDefaultMetrics({ register: this.registry, prefix: 'waymark_' });
   }

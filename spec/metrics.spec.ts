@@ -74,6 +74,8 @@ describe('observability: /metrics after real bumps', function () {
     expect(before.get('waymark_watches')).to.equal(5);
     expect(before.get('waymark_sessions')).to.equal(2);
     expect(before.get('waymark_bumps_received_total')).to.equal(0);
+    // every status class is exported from the start, so rate() and alerts work before the first one
+    for (const c of ['2xx', '3xx', '4xx', '5xx', 'error']) expect(before.get(`waymark_fetches_total{class="${c}"}`), c).to.equal(0);
 
     await wm.bump(JSON.stringify({ paths: ['/users/1', '/missing'] }));
     await alice2.waitForUpdates(1);
