@@ -31,7 +31,12 @@ COPY --from=build /app/dist/dev ./dist/dev
 COPY --from=build /app/bin ./bin
 
 USER node
-# admin port: /metrics, /healthz, /readyz (bind it with WAYMARK_ADMIN_HOST=0.0.0.0)
+# admin port: /metrics, /healthz, /readyz, POST /bump (bind it with WAYMARK_ADMIN_HOST=0.0.0.0)
 EXPOSE 8081
+# Healthy = ready: joined to the router and subscribed to Redis (/readyz), asked from inside the
+# container on the admin port the process was given. `demo-api` containers override it (compose
+# does); with WAYMARK_ADMIN_PORT=0 there is nothing to ask: run with --no-healthcheck.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
+  CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.WAYMARK_ADMIN_PORT || 8081) + '/readyz').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
 ENTRYPOINT ["node", "bin/waymark.js"]
 CMD ["serve"]

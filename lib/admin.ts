@@ -1,4 +1,4 @@
-import { createServer, type Server } from 'node:http';
+import { createServer, type RequestListener, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
 export interface AdminState {
@@ -6,9 +6,11 @@ export interface AdminState {
   ready(): boolean;
   /** Prometheus text exposition */
   metrics(): Promise<string> | string;
+  /** `POST /bump` (lib/bump-endpoint.ts); absent, the path is 404 like any unknown one */
+  bump?: RequestListener;
 }
 
-/** `/healthz` (alive), `/readyz` (joined and subscribed) and `/metrics` on the admin port. */
+/** `/healthz` (alive), `/readyz` (joined and subscribed), `/metrics` and optionally `POST /bump` on the admin port. */
 export class AdminServer {
   private server?: Server;
   private closing?: Promise<void>;
@@ -23,7 +25,11 @@ export class AdminServer {
     if (this.server) return;
     const server = createServer((req, res) => {
       const path = (req.url ?? '/').split('?')[0];
-      if (req.method !== 'GET' && req.method !== 'HEAD') {
+      if (path === '/bump') {
+        // off unless WAYMARK_BUMP_SECRET is set: then it does not exist, whatever the method
+        if (this.state.bump) this.state.bump(req, res);
+        else res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
+      } else if (req.method !== 'GET' && req.method !== 'HEAD') {
         res.writeHead(405, { allow: 'GET, HEAD' }).end();
       } else if (path === '/healthz') {
         res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');

@@ -15,7 +15,8 @@ export const MAX_BUMP_MESSAGE_BYTES = 64 * 1024;
 export const MAX_PATHS_PER_BUMP = 1_000;
 const MAX_ID_LENGTH = 200;
 
-export type ParsedBump = { ok: true; id?: string; paths: string[]; dropped: number } | { ok: false; reason: string };
+/** `invalid`: why the first dropped path was refused, for callers that answer the sender (POST /bump). */
+export type ParsedBump = { ok: true; id?: string; paths: string[]; dropped: number; invalid?: string } | { ok: false; reason: string };
 
 /**
  * The three message forms of contract section 4: a bare path, `{"path", "id"?}` or
@@ -53,19 +54,22 @@ export function parseBumpMessage(message: unknown, maxPathBytes: number): Parsed
   }
   const paths = new Set<string>();
   let dropped = 0;
+  let invalid: string | undefined;
   for (const c of candidates) {
     if (paths.size >= MAX_PATHS_PER_BUMP) {
       dropped += 1;
+      invalid ??= `more than ${MAX_PATHS_PER_BUMP} paths in one bump`;
       continue;
     }
     try {
       paths.add(validatePath(c, maxPathBytes));
-    } catch {
+    } catch (err) {
       dropped += 1;
+      invalid ??= (err as Error).message;
     }
   }
-  if (paths.size === 0) return { ok: false, reason: 'no valid path in message' };
-  return { ok: true, id, paths: [...paths], dropped };
+  if (paths.size === 0) return { ok: false, reason: `no valid path in message${invalid ? ` (${invalid})` : ''}` };
+  return { ok: true, id, paths: [...paths], dropped, ...(invalid ? { invalid } : {}) };
 }
 
 export interface RedisBumpSourceOptions {

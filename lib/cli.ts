@@ -22,6 +22,7 @@ Commands:
   dev                   run an in-process router, the component and a demo API on this machine
   watch <path>          watch a path as a browser would and print each Update as one JSON line
   bump <path>...        publish a bump for one or more paths to Redis
+  doctor                check router, realm, authentication, Redis and the API, one line each
   demo-api              run the demo API alone (used by docker compose)
 
 Run 'waymark <command> --help' for a command's options.`,
@@ -59,6 +60,19 @@ WAYMARK_REDIS_URL. The same as: redis-cli PUBLISH waymark:bumps /users/1
 
 Options:
   --id ID        bump id passed to the API as X-Waymark (default: Waymark makes one)`,
+  doctor: `Usage: waymark doctor [--timeout-ms N]
+
+Checks, with the same WAYMARK_* settings 'waymark serve' reads, one line each:
+  router          WAYMARK_ROUTER_URL accepts a WAMP WebSocket
+  realm           WAYMARK_REALM can be joined
+  authentication  the component's WAYMARK_ROUTER_AUTHID / WAYMARK_ROUTER_TICKET (or anonymous)
+  redis           PING, and a probe bump on WAYMARK_BUMP_CHANNEL comes back (it matches no watch)
+  api             WAYMARK_API_URL answers HTTP (any status)
+  waymark.watch   a Waymark instance is attached (an invalid path gets waymark.error.invalid_path)
+Exit code 0 when every check passes, 1 when one fails, 2 on a bad setting.
+
+Options:
+  --timeout-ms N  upper bound of each check (default 3000)`,
   'demo-api': `Usage: waymark demo-api [--host H] [--port N]
 
 Runs the demo API alone: GET /users/:id answers per bearer token (alice, bob; 401 without),
@@ -108,6 +122,7 @@ export async function main(argv: string[], io: CliIO = { env: process.env, stdou
       case 'watch': return await watch(rest, io);
       case 'bump': return await bump(rest, io);
       case 'demo-api': return await demoApi(rest, io);
+      case 'doctor': return await doctor(rest, io);
     }
     return 2;
   } catch (err) {
@@ -366,4 +381,21 @@ async function demoApi(argv: string[], io: CliIO): Promise<number> {
   const logger = createLogger({ level: 'info', format: 'json', stream: io.stderr });
   logger.info('demo API listening', { url: api.url });
   return untilSignal(async () => { await api.close(); await bumper.close(); }, logger, 5_000);
+}
+
+async function doctor(argv: string[], io: CliIO): Promise<number> {
+  const { values } = parse('doctor', argv, { 'timeout-ms': { type: 'string' } });
+  if (values.help) { io.stdout.write(`${HELP.doctor}\n`); return 0; }
+  const timeoutMs = Number((values['timeout-ms'] as string | undefined) ?? 3_000);
+  if (!Number.isInteger(timeoutMs) || timeoutMs < 1) throw new UsageError(`--timeout-ms must be a positive whole number\n\n${HELP.doctor}`);
+  const config = loadConfig(io.env);
+  const { runDoctor, formatResult, redactUrl } = await import('./doctor.js');
+  io.stdout.write(`waymark doctor ${VERSION}: router ${redactUrl(config.routerUrl)} realm ${config.realm}, redis ${redactUrl(config.redisUrl)}, API ${config.apiUrl}\n`);
+  const results = await runDoctor(config, { timeoutMs, onResult: (r) => io.stdout.write(`${formatResult(r)}\n`) });
+  const failed = results.filter((r) => r.status === 'fail').map((r) => r.name);
+  const skipped = results.filter((r) => r.status === 'skip').length;
+  io.stdout.write(failed.length === 0
+    ? `all ${results.length} checks passed\n`
+    : `${failed.length} of ${results.length} checks failed (${failed.join(', ')})${skipped ? `, ${skipped} not checked` : ''}\n`);
+  return failed.length === 0 ? 0 : 1;
 }

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import autobahn from 'autobahn';
 import { AdminServer } from './admin.js';
+import { BumpEndpoint } from './bump-endpoint.js';
 import { RedisBumpSource, type BumpSource } from './bump-source.js';
 import type { WaymarkConfig } from './config.js';
 import { Dispatcher } from './dispatcher.js';
@@ -43,6 +44,7 @@ export class Waymark {
   private readonly bumpSource: BumpSource;
   private readonly dispatcher: Dispatcher;
   private readonly admin?: AdminServer;
+  private readonly bumpEndpoint?: BumpEndpoint;
   private readonly rateLimiter: SessionRateLimiter;
   private connection?: autobahn.Connection;
   private session?: autobahn.Session;
@@ -80,8 +82,18 @@ export class Waymark {
       pushUnchanged: config.pushUnchanged,
       metrics: this.metrics,
     });
+    if (config.bumpSecret) {
+      this.bumpEndpoint = new BumpEndpoint({
+        secret: config.bumpSecret,
+        bumper: { redisUrl: config.redisUrl, channel: config.bumpChannel },
+        maxPathBytes: config.maxPathBytes,
+        logger: this.logger.child({ module: 'bump-endpoint' }),
+        onAnswer: (status) => this.metrics.bumpRequests.inc({ status: String(status) }),
+      });
+    }
     if (config.adminPort !== 0) {
       this.admin = new AdminServer(config.adminHost, config.adminPort, {
+        bump: this.bumpEndpoint?.handle,
         ready: () => this.ready,
         metrics: () => {
           this.metrics.watches.set(this.registry.size);
@@ -305,6 +317,7 @@ export class Waymark {
       }],
       ['fetcher', () => this.fetcher.close()],
       ['admin', async () => this.admin?.stop()],
+      ['bump endpoint', async () => this.bumpEndpoint?.close()],
     ];
     for (const [name, step] of steps) {
       try {

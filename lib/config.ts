@@ -37,6 +37,8 @@ export interface WaymarkConfig {
   adminHost: string;
   /** 0 turns the admin server off. @default 8081 (WAYMARK_ADMIN_PORT) */
   adminPort: number;
+  /** bearer secret of `POST /bump` on the admin port; the endpoint is off when unset (WAYMARK_BUMP_SECRET) */
+  bumpSecret?: string;
   /** lower-case request header names a client may forward (WAYMARK_FORWARD_HEADERS) */
   forwardHeaders: readonly string[];
   /** lower-case response header names pushed to the client (WAYMARK_RESPONSE_HEADERS) */
@@ -181,6 +183,13 @@ export function loadConfig(env: Env): WaymarkConfig {
 
   const adminHost = str('WAYMARK_ADMIN_HOST', DEFAULTS.adminHost);
   const adminPort = int('WAYMARK_ADMIN_PORT', DEFAULTS.adminPort, 0, 65535);
+  // A bearer secret: long enough not to be guessed, visible ASCII so it fits an Authorization
+  // header as it is. The messages never quote it.
+  const bumpSecret = env.WAYMARK_BUMP_SECRET || undefined;
+  if (bumpSecret !== undefined) {
+    if (!/^[\x21-\x7e]{16,}$/.test(bumpSecret)) bad('WAYMARK_BUMP_SECRET', 'must be at least 16 visible ASCII characters without spaces (e.g. openssl rand -hex 32)');
+    else if (adminPort === 0) bad('WAYMARK_BUMP_SECRET', 'POST /bump is served on the admin port, but WAYMARK_ADMIN_PORT is 0');
+  }
 
   const forwardHeaders = list('WAYMARK_FORWARD_HEADERS', DEFAULTS.forwardHeaders);
   for (const h of forwardHeaders) {
@@ -203,6 +212,7 @@ export function loadConfig(env: Env): WaymarkConfig {
     logFormat,
     adminHost,
     adminPort,
+    ...(bumpSecret ? { bumpSecret } : {}),
     forwardHeaders,
     responseHeaders,
     pushUnchanged: bool('WAYMARK_PUSH_UNCHANGED', DEFAULTS.pushUnchanged),

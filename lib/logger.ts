@@ -5,7 +5,7 @@ export type Logger = winston.Logger;
 
 // Defence in depth: the code never passes credentials to the logger, and this format makes sure
 // that a slip (a header object, an error message quoting a header) still prints nothing secret.
-const SECRET_KEYS = /^(token|authorization|cookie|headers|ticket|password|secret|routerticket)$/i;
+const SECRET_KEYS = /^(token|authorization|cookie|headers|ticket|password|secret|routerticket|bumpsecret)$/i;
 const SECRET_TEXT = /(bearer|basic)\s+[^\s"',;]+/gi;
 const MAX_STRING = 512;
 

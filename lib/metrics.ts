@@ -5,6 +5,9 @@ export class Metrics {
   readonly registry = new Registry();
   readonly bumpsReceived = new Counter({ name: 'waymark_bumps_received_total', help: 'Bumps received from Redis', registers: [this.registry] });
   readonly bumpsMalformed = new Counter({ name: 'waymark_bumps_malformed_total', help: 'Bump messages dropped as malformed', registers: [this.registry] });
+  readonly bumpRequests = new Counter({
+    name: 'waymark_bump_requests_total', help: 'POST /bump requests on the admin port by response status', labelNames: ['status'], registers: [this.registry],
+  });
   readonly fetches = new Counter({
     name: 'waymark_fetches_total', help: 'Upstream fetches by status class', labelNames: ['class'], registers: [this.registry],
   });
@@ -23,6 +26,9 @@ export class Metrics {
   readonly redisConnected = new Gauge({ name: 'waymark_redis_subscribed', help: '1 while subscribed to the bump channel', registers: [this.registry] });
 
   constructor() {
+    // Every status class exists from the start at 0, so rate() and alerts on e.g. 5xx work
+    // before the first such fetch.
+    for (const c of ['2xx', '3xx', '4xx', '5xx', 'error']) this.fetches.inc({ class: c }, 0);
     // process CPU, heap and event-loop lag, as waymark_process_* / waymark_nodejs_*
     collectDefaultMetrics({ register: this.registry, prefix: 'waymark_' });
   }

@@ -53,6 +53,20 @@ describe('config', function () {
       expect(err.message.split('\n')).to.have.length(1);
     });
   }
+  it('WAYMARK_BUMP_SECRET: unset turns POST /bump off; a weak one is named without being quoted', function () {
+    expect(loadConfig({ WAYMARK_API_URL: 'http://api:8000' }).bumpSecret).to.equal(undefined);
+    expect(loadConfig({ WAYMARK_API_URL: 'http://api:8000', WAYMARK_BUMP_SECRET: '' }).bumpSecret).to.equal(undefined);
+    const secret = '0123456789abcdef0123';
+    expect(loadConfig({ WAYMARK_API_URL: 'http://api:8000', WAYMARK_BUMP_SECRET: secret }).bumpSecret).to.equal(secret);
+    for (const weak of ['short', 'has spaces in it, long enough', 'line\nbreak-0123456789']) {
+      const err = configError({ WAYMARK_API_URL: 'http://api:8000', WAYMARK_BUMP_SECRET: weak });
+      expect(err.setting).to.equal('WAYMARK_BUMP_SECRET');
+      expect(err.message).not.to.include(weak);
+    }
+    const off = configError({ WAYMARK_API_URL: 'http://api:8000', WAYMARK_BUMP_SECRET: secret, WAYMARK_ADMIN_PORT: '0' });
+    expect(off.setting).to.equal('WAYMARK_BUMP_SECRET');
+    expect(off.message).to.include('WAYMARK_ADMIN_PORT is 0').and.not.include(secret);
+  });
   it('reports every problem in one line', function () {
     const err = configError({ WAYMARK_LOG_LEVEL: 'loud', WAYMARK_FETCH_CONCURRENCY: 'x' });
     expect(err.message).to.include('WAYMARK_API_URL').and.include('WAYMARK_LOG_LEVEL').and.include('WAYMARK_FETCH_CONCURRENCY');

@@ -10,7 +10,10 @@
  *   and our own wiring rules;
  * - the Dockerfile for its stages, user and install command.
  */
+import { spawn } from 'node:child_process';
 import { readFileSync, existsSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -30,6 +33,33 @@ type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 type Obj = { [k: string]: Json };
 
 const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/**
+ * Run a healthcheck command (`["node", "-e", ...]`, as Docker would exec it) against a real
+ * admin-like server answering /readyz with `status` (or none listening), resolving with the exit code.
+ */
+async function runHealthcheck(argv: string[], status: number | null, portIn: (port: number) => { argv: string[]; env: NodeJS.ProcessEnv }): Promise<number | null> {
+  let server: Server | undefined;
+  let port: number;
+  const seen: string[] = [];
+  server = createServer((req, res) => { seen.push(req.url ?? ''); res.writeHead(status ?? 500).end(); });
+  await new Promise<void>((resolve) => server!.listen(0, '127.0.0.1', resolve));
+  port = (server.address() as AddressInfo).port;
+  if (status === null) {
+    await new Promise<void>((resolve) => server!.close(() => resolve()));
+    server = undefined;
+  }
+  try {
+    expect(argv[0]).to.equal('node');
+    const { argv: args, env } = portIn(port);
+    const child = spawn(process.execPath, args.slice(1), { env: { PATH: process.env.PATH, ...env }, stdio: 'ignore' });
+    const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+    if (status !== null) expect(seen, 'the probe asked /readyz').to.deep.equal(['/readyz']);
+    return code;
+  } finally {
+    if (server) await new Promise<void>((resolve) => { server!.close(() => resolve()); server!.closeAllConnections(); });
+  }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Port of Crossbar.io 22.x crossbar/common/checkconfig.py (the parts a config like ours reaches)
@@ -680,6 +710,33 @@ describe('deployment: docker-compose.yml and .env.example', () => {
     expect(String(env.WAYMARK_ADMIN_PORT)).to.equal('8081');
   });
 
+  it('the waymark healthcheck is a working /readyz probe on its admin port', async function () {
+    this.timeout(20_000);
+    const hc = services.waymark.healthcheck as Obj;
+    const test = hc.test as string[];
+    expect(test[0]).to.equal('CMD');
+    const adminPort = String((services.waymark.environment as Obj).WAYMARK_ADMIN_PORT);
+    expect(test.join(' ')).to.include(`http://127.0.0.1:${adminPort}/readyz`);
+    const at = (port: number) => ({ argv: test.slice(1).map((a) => a.replace(`127.0.0.1:${adminPort}`, `127.0.0.1:${port}`)), env: {} });
+    expect(await runHealthcheck(test.slice(1), 200, at), 'ready').to.equal(0);
+    expect(await runHealthcheck(test.slice(1), 503, at), 'not ready').to.equal(1);
+    expect(await runHealthcheck(test.slice(1), null, at), 'nothing listening').to.equal(1);
+  });
+
+  it('publishes the admin port on the loopback interface only', () => {
+    const ports = (services.waymark.ports ?? []) as Json[];
+    for (const p of ports) expect(String(p)).to.match(/^127\.0\.0\.1:\d+:8081$/);
+    for (const name of ['redis', 'api', 'crossbar']) {
+      for (const p of (services[name].ports ?? []) as Json[]) expect(String(p), name).to.not.include('8081');
+    }
+  });
+
+  it('POST /bump stays off unless WAYMARK_BUMP_SECRET is set in .env', () => {
+    const env = services.waymark.environment as Obj;
+    expect(env.WAYMARK_BUMP_SECRET).to.equal('${WAYMARK_BUMP_SECRET:-}');
+    expect(envExample).to.match(/^#\s*WAYMARK_BUMP_SECRET=$/m);
+  });
+
   it('waymark only uses settings of the contract (section 6) plus WAYMARK_ADMIN_HOST', () => {
     let names: string[] = [
       'WAYMARK_ROUTER_URL', 'WAYMARK_REALM', 'WAYMARK_ROUTER_AUTHID', 'WAYMARK_ROUTER_TICKET', 'WAYMARK_REDIS_URL',
@@ -694,7 +751,7 @@ describe('deployment: docker-compose.yml and .env.example', () => {
       expect(fromContract, 'section 6 table of the contract').to.not.be.empty;
       names = fromContract;
     }
-    const allowed = new Set([...names, 'WAYMARK_ADMIN_HOST']);
+    const allowed = new Set([...names, 'WAYMARK_ADMIN_HOST', 'WAYMARK_BUMP_SECRET']);
     for (const key of Object.keys(services.waymark.environment as Obj)) {
       expect(allowed.has(key), key).to.equal(true);
     }
@@ -741,6 +798,37 @@ describe('deployment: Dockerfile and .dockerignore', () => {
     const users = lines.slice(last).filter((l) => instr(l) === 'USER').map((l) => l.split(/\s+/)[1]);
     expect(users, 'USER in the final stage').to.not.be.empty;
     expect(users[users.length - 1]).to.not.match(/^(root|0)(:.*)?$/);
+  });
+
+  it('the final stage takes built files from an earlier stage and installs nothing itself', () => {
+    const last = lines.map(instr).lastIndexOf('FROM');
+    const final = lines.slice(last);
+    const stages = lines.filter((l) => instr(l) === 'FROM').map((l) => /\sAS\s+(\S+)/i.exec(l)?.[1]).filter(Boolean) as string[];
+    const copiedFrom = final.filter((l) => instr(l) === 'COPY').map((l) => /--from=(\S+)/.exec(l)?.[1]).filter(Boolean) as string[];
+    expect(copiedFrom, 'COPY --from in the final stage').to.not.be.empty;
+    for (const s of copiedFrom) expect(stages.slice(0, -1), `stage ${s}`).to.include(s);
+    expect(final.filter((l) => instr(l) === 'RUN').join('\n')).to.not.match(/npm (ci|install)|tsc/);
+    // USER comes before the process starts, after everything that needs root
+    const user = final.map(instr).lastIndexOf('USER');
+    expect(user).to.be.below(final.map(instr).indexOf('ENTRYPOINT'));
+  });
+
+  it('has a HEALTHCHECK in the final stage that asks /readyz on WAYMARK_ADMIN_PORT', async function () {
+    this.timeout(20_000);
+    const last = lines.map(instr).lastIndexOf('FROM');
+    const hcs = lines.slice(last).filter((l) => instr(l) === 'HEALTHCHECK');
+    expect(hcs).to.have.length(1);
+    const m = /^HEALTHCHECK\s+((?:--[a-z-]+=\S+\s+)*)CMD\s+(\[.*\])$/.exec(hcs[0]);
+    expect(m, hcs[0]).to.not.equal(null);
+    const opts = Object.fromEntries(m![1].trim().split(/\s+/).filter(Boolean).map((o) => o.slice(2).split('=')));
+    for (const k of Object.keys(opts)) expect(['interval', 'timeout', 'start-period', 'start-interval', 'retries']).to.include(k);
+    expect(opts.timeout).to.match(/^\d+s$/);
+    const argv = JSON.parse(m![2]) as string[];
+    expect(argv.join(' ')).to.include('/readyz');
+    const at = (port: number) => ({ argv, env: { WAYMARK_ADMIN_PORT: String(port) } });
+    expect(await runHealthcheck(argv, 200, at), 'ready').to.equal(0);
+    expect(await runHealthcheck(argv, 503, at), 'not ready').to.equal(1);
+    expect(await runHealthcheck(argv, null, at), 'nothing listening').to.equal(1);
   });
 
   it('installs with npm ci --ignore-scripts and prunes devDependencies the same way', () => {
