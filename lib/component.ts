@@ -366,7 +366,7 @@ export class Waymark {
     this.metrics.redisConnected.set(up ? 1 : 0);
   }
 
-  /** stop() during start: cancel autobahn's pending retry and settle connect(). */
+  /** stop() while not joined: cancel autobahn's pending retry and settle a waiting connect(). */
   private abandonJoin(): void {
     const c = this.connection as (autobahn.Connection & { _autoreconnect_reset_timer?: () => void }) | undefined;
     if (c && !c.isOpen) {
@@ -413,7 +413,8 @@ export class Waymark {
       ['leave router', async () => {
         const c = this.connection;
         if (!c) return;
-        const open = c.isOpen;
+        // Between two reconnect attempts: cancel the next one.
+        if (!c.isOpen) { this.abandonJoin(); return; }
         const closed = new Promise<void>((resolve) => { this.whenClosed = resolve; });
         try {
           c.close('wamp.close.normal', 'waymark stopping');
@@ -421,7 +422,7 @@ export class Waymark {
           return; // autobahn throws when there is nothing left to close
         }
         // The router's GOODBYE, so the process does not exit before ours was sent.
-        if (open) await within(closed, 2_000);
+        await within(closed, 2_000);
       }],
       // After the deadline, requests may still be running: do not wait for their timeouts.
       ['fetcher', () => within(this.fetcher.close(), 1_000)],

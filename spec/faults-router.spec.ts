@@ -160,6 +160,24 @@ describe('faults: the router link', function () {
     expect(wm!.waymark.ready).to.equal(true);
   });
 
+  it('stop() while the link is down returns at once and cancels the next reconnect', async function () {
+    await startBehindProxy();
+    await proxy.set('refuse');
+    // Refused attempts until the back-off leaves a retry well over a second away.
+    const delay = await waitFor('a retry over a second away', () => {
+      const d = wm!.logs.map((l) => Number(/"retryInSeconds":([\d.]+)/.exec(l)?.[1] ?? 0)).pop() ?? 0;
+      return d >= 1.2 ? d : 0;
+    }, 10_000);
+    await proxy.set('pass'); // the pending retry would now succeed
+    const connections = proxy.connections;
+    const t0 = Date.now();
+    await wm!.close();
+    wm = undefined;
+    expect(Date.now() - t0).to.be.below(3_000);
+    await sleep(delay * 1000 + 500);
+    expect(proxy.connections).to.equal(connections);
+  });
+
   it('a session that leaves while Waymark is away is dropped by reconciliation; on_leave is heard again', async function () {
     await startBehindProxy();
     const [stays, leaves, leavesLater] = await watchers(3, ['/r/1']);
