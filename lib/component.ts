@@ -270,7 +270,11 @@ export class Waymark {
     let droppedSessions = 0;
     let dropped = 0;
     try {
-      const ids: unknown = await session.call(META_SESSION_LIST);
+      // bounded: a call in flight when the link drops again is never answered by autobahn
+      const ids: unknown = await Promise.race([
+        session.call(META_SESSION_LIST),
+        new Promise((_, reject) => setTimeout(() => reject(new Error('no answer within 10 s')), 10_000).unref()),
+      ]);
       if (!Array.isArray(ids)) throw new Error(`unexpected answer from ${META_SESSION_LIST}`);
       const alive = new Set(ids);
       for (const id of known) {
