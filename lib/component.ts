@@ -163,8 +163,9 @@ export class Waymark {
         // autobahn pings a connection that has been quiet for an interval and drops it when the
         // pong has not come by the next tick, so a router that went silent without closing
         // (half-open TCP, a blackholed network) is left after two to three intervals and
-        // rejoined. The agent bounds the opening handshake, which autobahn leaves unbounded: a
-        // reconnect into such a network would otherwise wait forever.
+        // rejoined. (autobahn 22.11.1 reads `autoping_timeout` but, in Node, never uses it: the
+        // next interval tick is the timeout.) The agent bounds the opening handshake, which
+        // autobahn leaves unbounded: a reconnect into such a network would otherwise wait forever.
         transports: [{
           type: 'websocket',
           url: routerUrl,
