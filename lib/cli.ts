@@ -32,7 +32,7 @@ Runs the Waymark component: joins the WAMP router, registers waymark.watch / way
 waymark.authorize, consumes bumps from Redis and pushes Updates. Settings come from the
 environment; WAYMARK_API_URL is required. See the README's configuration table.
 SIGTERM or SIGINT drains in-flight work (up to WAYMARK_SHUTDOWN_TIMEOUT_MS) and exits 0;
-a second signal exits at once. Exit code 2: a bad setting or a port that cannot be bound.`,
+a second signal exits at once with 1. Exit code 2: a bad setting or a port that cannot be bound.`,
   dev: `Usage: waymark dev [--api-port N]
 
 Runs everything a newcomer needs on one machine: a WAMP router on WAYMARK_ROUTER_URL

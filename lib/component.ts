@@ -1,4 +1,7 @@
 import { randomUUID } from 'node:crypto';
+import http from 'node:http';
+import https from 'node:https';
+import type { Socket } from 'node:net';
 import autobahn from 'autobahn';
 import { AdminServer } from './admin.js';
 import { BumpEndpoint } from './bump-endpoint.js';
@@ -14,7 +17,7 @@ import type { Bump, WatchResult } from './types.js';
 import { authorize } from './authorizer.js';
 import { SessionRateLimiter } from './rate-limiter.js';
 import {
-  ANNOUNCE_TOPIC, META_ON_LEAVE, PROC_AUTHORIZE, PROC_REFRESH, PROC_UNWATCH, PROC_WATCH, sessionTopic,
+  ANNOUNCE_TOPIC, META_ON_LEAVE, META_SESSION_LIST, PROC_AUTHORIZE, PROC_REFRESH, PROC_UNWATCH, PROC_WATCH, sessionTopic,
   WAMP_SUBPROTOCOLS,
 } from './uris.js';
 import { callerOf, parseCredentials, parseWatchArgs, resolveApiUrl } from './validation.js';
@@ -27,6 +30,9 @@ export interface WaymarkOptions {
   bumpSource?: BumpSource;
   publisher?: Publisher;
 }
+
+/** Time kept for publishing a result after its fetch, when planning a drain's deadline. */
+const PUBLISH_ALLOWANCE_MS = 500;
 
 type Status = 'idle' | 'starting' | 'running' | 'stopping' | 'stopped';
 
@@ -46,6 +52,7 @@ export class Waymark {
   private readonly admin?: AdminServer;
   private readonly bumpEndpoint?: BumpEndpoint;
   private readonly rateLimiter: SessionRateLimiter;
+  private readonly wampPublisher?: WampPublisher;
   private connection?: autobahn.Connection;
   private session?: autobahn.Session;
   private registrations: autobahn.IRegistration[] = [];
@@ -53,6 +60,14 @@ export class Waymark {
   private status: Status = 'idle';
   private starting?: Promise<void>;
   private stopping?: Promise<void>;
+  /** set by stop(): a start still waiting for Redis or the router gives up */
+  private stopRequested = false;
+  /** WAMP sessions joined so far; every one after the first is a rejoin */
+  private joins = 0;
+  /** settles a start() that stop() gave up on */
+  private cancelJoin?: () => void;
+  /** called when the router connection closes, for stop() to wait for its GOODBYE */
+  private whenClosed?: () => void;
 
   constructor(readonly config: WaymarkConfig, opts: WaymarkOptions = {}) {
     this.logger = opts.logger ?? silentLogger();
@@ -73,10 +88,11 @@ export class Waymark {
       onState: (up) => this.setRedisState(up),
       onMalformed: () => this.metrics.bumpsMalformed.inc(),
     });
+    if (!opts.publisher) this.wampPublisher = new WampPublisher(() => this.session);
     this.dispatcher = new Dispatcher({
       registry: this.registry,
       fetcher: this.fetcher,
-      publisher: opts.publisher ?? new WampPublisher(() => this.session),
+      publisher: opts.publisher ?? this.wampPublisher!,
       logger: this.logger.child({ module: 'dispatcher' }),
       concurrency: config.fetchConcurrency,
       pushUnchanged: config.pushUnchanged,
@@ -139,20 +155,35 @@ export class Waymark {
     this.logger.info('connecting to redis', { url: redactUrl(this.config.redisUrl), channel: this.config.bumpChannel });
     await this.bumpSource.start((bump) => this.onBump(bump));
     this.setRedisState(true);
+    if (this.stopRequested) return;
     this.logger.info('joining router', { url: this.config.routerUrl, realm: this.config.realm, authid: this.config.routerAuthid ?? '(anonymous)' });
     await this.connect();
+    if (this.stopRequested) return;
     this.status = 'running';
     this.logger.info('waymark running', { api: this.config.apiUrl });
   }
 
   private connect(): Promise<void> {
-    const { routerUrl, realm, routerAuthid, routerTicket } = this.config;
+    const { routerUrl, realm, routerAuthid, routerTicket, routerPingMs } = this.config;
     return new Promise<void>((resolve, reject) => {
       let settled = false;
+      this.cancelJoin = () => { if (!settled) { settled = true; resolve(); } };
       const connection = new autobahn.Connection({
         url: routerUrl,
         realm,
         protocols: WAMP_SUBPROTOCOLS,
+        // autobahn pings a connection that has been quiet for an interval and drops it when the
+        // pong has not come by the next tick, so a router that went silent without closing
+        // (half-open TCP, a blackholed network) is left after two to three intervals and
+        // rejoined. (autobahn 22.11.1 reads `autoping_timeout` but, in Node, never uses it: the
+        // next interval tick is the timeout.) The agent bounds the opening handshake, which
+        // autobahn leaves unbounded: a reconnect into such a network would otherwise wait forever.
+        transports: [{
+          type: 'websocket',
+          url: routerUrl,
+          autoping_interval: routerPingMs / 1000,
+          agent: handshakeAgent(routerUrl, 2 * routerPingMs),
+        } as autobahn.ITransportDefinition],
         ...(routerAuthid
           ? { authmethods: ['ticket'], authid: routerAuthid, onchallenge: () => routerTicket ?? '' }
           : { authmethods: ['anonymous'] }),
@@ -168,39 +199,63 @@ export class Waymark {
       });
       this.connection = connection;
       connection.onopen = (session) => {
+        if (this.stopRequested) {
+          // a reconnect timer autobahn kept after close(): this session must not serve
+          connection.close('wamp.close.normal', 'waymark stopping');
+          return;
+        }
         this.session = session;
         this.metrics.routerConnected.set(1);
-        this.setup(session).then(() => {
-          this.logger.info('joined router', { session: session.id });
+        this.metrics.routerJoins.inc();
+        const rejoin = this.joins++ > 0;
+        this.setup(session, rejoin).then(() => {
+          if (this.session !== session) return; // lost again meanwhile: the next join sets up
+          this.logger.info(rejoin ? 'rejoined router' : 'joined router', { session: session.id });
           if (!settled) { settled = true; resolve(); }
+          if (rejoin) void this.resync(session);
         }, (err: unknown) => {
           const message = errorText(err);
           this.logger.error('router setup failed', { error: message });
-          if (!settled) { settled = true; reject(new Error(`router setup failed: ${message}`)); }
+          if (!settled) { settled = true; reject(new Error(`router setup failed: ${message}`)); return; }
+          // Joined but not serving: drop the transport (not the connection, which would stop
+          // retrying) so autobahn tries a fresh session.
+          if (this.session === session) (connection as unknown as { _transport?: { close(): void } })._transport?.close();
         });
       };
       connection.onclose = (reason, details) => {
+        const lost = this.session;
         this.session = undefined;
         this.registrations = [];
         this.metrics.routerConnected.set(0);
-        const d = details as { reason?: string; message?: string; will_retry?: boolean } | undefined;
-        if (this.status === 'stopping' || this.status === 'stopped') return true;
+        // autobahn never settles what the closed session still awaits: fail its publishes now.
+        if (lost) this.wampPublisher?.connectionLost(lost);
+        this.whenClosed?.();
+        const d = details as { reason?: string; message?: string; will_retry?: boolean; retry_delay?: number } | undefined;
+        if (this.stopRequested) {
+          this.cancelJoin?.();
+          return true;
+        }
         if (!settled && d?.reason && /not_authorized|authentication_failed|no_such_realm|no_such_role/.test(d.reason)) {
           settled = true;
           reject(new Error(`router refused the session: ${d.reason}${d.message ? ` (${d.message})` : ''}`));
           return true;
         }
-        this.logger.warn('router connection lost', { reason, detail: d?.reason, willRetry: d?.will_retry });
+        if (lost) this.logger.warn('router connection lost', { reason, detail: d?.reason, willRetry: d?.will_retry });
+        else this.logger.warn('router not reachable', { reason, detail: d?.reason, retryInSeconds: d?.retry_delay });
         return false;
       };
       connection.open();
     });
   }
 
-  /** Register the procedures and subscribe to meta events; runs again after every reconnect. */
-  private async setup(session: autobahn.Session): Promise<void> {
+  /**
+   * Register the procedures and subscribe to meta events; runs again on every rejoin, since the
+   * router forgot both with the old session. Only the first join is announced: after a rejoin
+   * this instance still holds every watch, so browsers have nothing to re-watch.
+   */
+  private async setup(session: autobahn.Session, rejoin: boolean): Promise<void> {
     const shared = { invoke: 'roundrobin' } as autobahn.IRegisterOptions;
-    this.registrations = await Promise.all([
+    const registrations = await Promise.all([
       session.register(PROC_WATCH, (args, kwargs, details) => this.rpc(details, (caller) => this.watch(caller, args, kwargs)), shared),
       session.register(PROC_UNWATCH, (args, kwargs, details) => this.rpc(details, (caller) => this.unwatch(caller, args, kwargs)), shared),
       session.register(PROC_REFRESH, (args, kwargs, details) => this.rpc(details, (caller) => this.refresh(caller, args, kwargs)), shared),
@@ -209,9 +264,45 @@ export class Waymark {
         return authorize(details, uri, action, options);
       }, shared),
     ]);
+    if (this.session === session) this.registrations = registrations;
     await session.subscribe(META_ON_LEAVE, (args) => this.onSessionLeft(args?.[0]));
-    // Tell browsers an instance (re)joined: clients re-watch, so nothing a restart lost stays lost.
-    await session.publish(ANNOUNCE_TOPIC, [{ event: 'started', instance: this.instance }], {}, { acknowledge: true });
+    // Tell browsers an instance started: clients re-watch, so nothing a restart lost stays lost.
+    if (!rejoin) await session.publish(ANNOUNCE_TOPIC, [{ event: 'started', instance: this.instance }], {}, { acknowledge: true });
+  }
+
+  /**
+   * After a rejoin. The router kept the browsers' sessions, so their watches stay valid, except
+   * those of sessions that left while this instance was away: nobody heard their on_leave. Ask
+   * the router which sessions exist, drop the watches of the others, then refetch every watch
+   * once, so a change bumped while Updates could not be published still arrives (only what
+   * differs from the last Update a session received is pushed).
+   */
+  private async resync(session: autobahn.Session): Promise<void> {
+    // Taken before asking: a session that watched after the answer was made is alive anyway.
+    const known = this.registry.sessions();
+    let droppedSessions = 0;
+    let dropped = 0;
+    try {
+      // bounded: a call in flight when the link drops again is never answered by autobahn
+      const ids: unknown = await Promise.race([
+        session.call(META_SESSION_LIST),
+        new Promise((_, reject) => setTimeout(() => reject(new Error('no answer within 10 s')), 10_000).unref()),
+      ]);
+      if (!Array.isArray(ids)) throw new Error(`unexpected answer from ${META_SESSION_LIST}`);
+      const alive = new Set(ids);
+      for (const id of known) {
+        if (alive.has(id)) continue;
+        droppedSessions += 1;
+        dropped += this.registry.dropSession(id);
+        this.rateLimiter.forget(id);
+      }
+      this.metrics.sessionsReconciled.inc(droppedSessions);
+    } catch (err) {
+      this.logger.warn('cannot list the router\'s sessions after the rejoin; keeping every watch', { error: errorText(err) });
+    }
+    if (this.session !== session || this.stopRequested) return;
+    this.logger.info('resync after rejoin', { droppedSessions, dropped, watches: this.registry.size });
+    void this.dispatcher.refetchAll('resync');
   }
 
   /** Every client procedure: identify the caller, apply its rate limit, map errors to their URI. */
@@ -292,30 +383,66 @@ export class Waymark {
     this.metrics.redisConnected.set(up ? 1 : 0);
   }
 
+  /** stop() while not joined: cancel autobahn's pending retry and settle a waiting connect(). */
+  private abandonJoin(): void {
+    const c = this.connection as (autobahn.Connection & { _autoreconnect_reset_timer?: () => void }) | undefined;
+    if (c && !c.isOpen) {
+      // close() alone leaves a pending retry timer, which would open a session later.
+      c._autoreconnect_reset_timer?.();
+      try { c.close(); } catch { /* nothing to close */ }
+    }
+    this.cancelJoin?.();
+  }
+
   /**
    * Reverse order of start, every step attempted even if one fails: unregister (new watches go
    * elsewhere), stop bumps, drain in-flight fetches and publishes up to the deadline, leave the
    * realm, close the HTTP pool and the admin port.
    */
   private async doStop(): Promise<void> {
+    this.stopRequested = true;
+    // A start still waiting for the router (which may be down for good) gives up now.
+    if (this.status === 'starting') this.abandonJoin();
     await this.starting?.catch(() => undefined);
     this.status = 'stopping';
     const steps: Array<[string, () => Promise<unknown>]> = [
       ['unregister', async () => {
         const s = this.session;
-        if (s?.isOpen) await Promise.allSettled(this.registrations.map((r) => s.unregister(r)));
+        // bounded: autobahn never answers requests of a connection that drops meanwhile
+        if (s?.isOpen) await within(Promise.allSettled(this.registrations.map((r) => s.unregister(r))), 2_000);
+        this.logger.info('unregistered: new calls go to other instances', { inFlight: this.dispatcher.busy });
       }],
       ['bump source', () => this.bumpSource.stop()],
       ['drain', async () => {
-        const left = await this.dispatcher.drain(this.config.shutdownTimeoutMs);
+        // Queued fetches start only while they can still finish (fetch timeout plus a moment
+        // for the publish) before the deadline, so every fetch started is also delivered.
+        const { shutdownTimeoutMs, fetchTimeoutMs } = this.config;
+        const started = Date.now();
+        let left = await this.dispatcher.drain(Math.max(0, shutdownTimeoutMs - fetchTimeoutMs - PUBLISH_ALLOWANCE_MS));
+        if (left > 0) {
+          const dropped = this.dispatcher.stopStarting();
+          if (dropped > 0) this.logger.warn('shutdown: queued refetches dropped, too late to finish before the deadline', { dropped });
+          left = await this.dispatcher.drain(Math.max(0, shutdownTimeoutMs - (Date.now() - started)));
+        }
         if (left > 0) this.logger.warn('shutdown deadline passed with work in flight', { left });
+        else this.logger.info('drained: every fetch and publish finished');
       }],
       ['leave router', async () => {
         const c = this.connection;
-        if (c?.isOpen) c.close('wamp.close.normal', 'waymark stopping');
-        else if (c) c.close();
+        if (!c) return;
+        // Between two reconnect attempts: cancel the next one.
+        if (!c.isOpen) { this.abandonJoin(); return; }
+        const closed = new Promise<void>((resolve) => { this.whenClosed = resolve; });
+        try {
+          c.close('wamp.close.normal', 'waymark stopping');
+        } catch {
+          return; // autobahn throws when there is nothing left to close
+        }
+        // The router's GOODBYE, so the process does not exit before ours was sent.
+        await within(closed, 2_000);
       }],
-      ['fetcher', () => this.fetcher.close()],
+      // After the deadline, requests may still be running: do not wait for their timeouts.
+      ['fetcher', () => within(this.fetcher.close(), 1_000)],
       ['admin', async () => this.admin?.stop()],
       ['bump endpoint', async () => this.bumpEndpoint?.close()],
     ];
@@ -329,6 +456,29 @@ export class Waymark {
     this.status = 'stopped';
     this.logger.info('waymark stopped');
   }
+}
+
+/** Wait for `p`, but no longer than `ms`. */
+async function within(p: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([p, new Promise<void>((resolve) => { timer = setTimeout(resolve, ms); })]);
+  clearTimeout(timer);
+}
+
+/**
+ * An HTTP agent whose sockets give up when the WebSocket opening handshake has not completed
+ * within `ms` (ws clears the socket timeout once the connection is upgraded).
+ */
+function handshakeAgent(url: string, ms: number): http.Agent {
+  const Base = url.startsWith('wss:') ? https.Agent : http.Agent;
+  const agent = new Base();
+  const create = (agent as unknown as { createConnection: (...a: unknown[]) => Socket }).createConnection.bind(agent);
+  (agent as unknown as { createConnection: (...a: unknown[]) => Socket }).createConnection = (...args: unknown[]) => {
+    const socket = create(...args);
+    socket.setTimeout(ms, () => socket.destroy(new Error(`no WebSocket handshake with the router within ${ms} ms`)));
+    return socket;
+  };
+  return agent;
 }
 
 function errorText(err: unknown): string {

@@ -63,6 +63,12 @@ export interface WaymarkConfig {
   rateBurst: number;
   /** how long stop() waits for in-flight fetches and publishes. @default 10000 (WAYMARK_SHUTDOWN_TIMEOUT_MS) */
   shutdownTimeoutMs: number;
+  /**
+   * WebSocket ping interval on the router connection: a connection silent for two to three
+   * intervals is dropped and rejoined, and an opening handshake gets two intervals.
+   * @default 5000 (WAYMARK_ROUTER_PING_MS)
+   */
+  routerPingMs: number;
 }
 
 export const DEFAULTS = {
@@ -88,6 +94,7 @@ export const DEFAULTS = {
   rateLimit: 20,
   rateBurst: 100,
   shutdownTimeoutMs: 10000,
+  routerPingMs: 5000,
 } satisfies Omit<WaymarkConfig, 'apiUrl'>;
 
 const LOG_LEVELS = ['error', 'warn', 'info', 'http', 'verbose', 'debug', 'silly'];
@@ -225,6 +232,7 @@ export function loadConfig(env: Env): WaymarkConfig {
     rateLimit: int('WAYMARK_RATE_LIMIT', DEFAULTS.rateLimit, 1, 1_000_000),
     rateBurst: int('WAYMARK_RATE_BURST', DEFAULTS.rateBurst, 1, 1_000_000),
     shutdownTimeoutMs: int('WAYMARK_SHUTDOWN_TIMEOUT_MS', DEFAULTS.shutdownTimeoutMs, 0, 600000),
+    routerPingMs: int('WAYMARK_ROUTER_PING_MS', DEFAULTS.routerPingMs, 100, 600000),
   };
   if (problems.length > 0) {
     throw new ConfigError(problems[0][0], problems.map(([n, m], i) => (i === 0 ? m : `${n}: ${m}`)).join('; '));

@@ -3,6 +3,7 @@ import type { Fetcher } from './fetcher.js';
 import type { Logger } from './logger.js';
 import { Metrics } from './metrics.js';
 import type { Publisher } from './publisher.js';
+import { RateLimitedLog } from './rate-limited-log.js';
 import type { Bump, FetchResult, Update, Validators } from './types.js';
 import type { Watch, WatchRegistry } from './watch-registry.js';
 
@@ -76,11 +77,17 @@ export class Dispatcher {
   private readonly snapshotWaiters: Array<() => void> = [];
   private active = 0;
   private pausedUntil = 0;
+  /** set by stopStarting() at shutdown: no fetch starts any more */
+  private closed = false;
   private pauseTimer?: NodeJS.Timeout;
   private readonly work = new Set<Promise<void>>();
   private idleWaiters: Array<() => void> = [];
+  /** a router outage fails every publish: a few lines, not one per watch */
+  private readonly publishWarnings: RateLimitedLog;
 
-  constructor(private readonly opts: DispatcherOptions) {}
+  constructor(private readonly opts: DispatcherOptions) {
+    this.publishWarnings = new RateLimitedLog(opts.logger);
+  }
 
   /** Groups waiting for a fetch slot. */
   get queued(): number {
@@ -144,6 +151,28 @@ export class Dispatcher {
     return this.busy;
   }
 
+  /**
+   * Shutdown: start no more fetches. Queued refetches are dropped (their watches keep the last
+   * Update they received); fetches in flight finish and publish. Returns the groups dropped.
+   */
+  stopStarting(): number {
+    this.closed = true;
+    let dropped = 0;
+    for (const q of this.queues.values()) {
+      for (const g of q) {
+        g.state = 'idle';
+        g.next = null;
+        dropped += 1;
+      }
+    }
+    this.queues.clear();
+    this.ring = [];
+    this.ringAt = 0;
+    this.queuedCount = 0;
+    this.checkIdle();
+    return dropped;
+  }
+
   /** Resolves when nothing is queued, fetching or publishing. */
   settled(): Promise<void> {
     if (this.busy === 0) return Promise.resolve();
@@ -151,6 +180,7 @@ export class Dispatcher {
   }
 
   private schedule(path: string, credKey: string, trigger: Trigger): void {
+    if (this.closed) return;
     const key = `${credKey}\0${path}`;
     let g = this.groups.get(key);
     if (!g) this.groups.set(key, (g = { key, path, credKey, state: 'idle', next: null, retried: false }));
@@ -207,7 +237,7 @@ export class Dispatcher {
         this.pauseTimer ??= setTimeout(() => { this.pauseTimer = undefined; this.pump(); }, wait);
         break;
       }
-      const g = this.dequeue();
+      const g = this.closed ? undefined : this.dequeue();
       if (!g) break;
       this.active += 1;
       this.track(this.run(g).finally(() => this.release()));
@@ -283,6 +313,7 @@ export class Dispatcher {
         await this.deliver(g, result, trigger);
       }
     }
+    if (g.next && this.closed) g.next = null; // a bump that came while fetching: too late now
     if (g.next) {
       this.enqueue(g);
       this.pump();
@@ -315,7 +346,10 @@ export class Dispatcher {
         watch.lastSent = { status: result.status, bodyHash: hash };
         metrics.publishes.inc();
       }, (err: unknown) => {
-        logger.warn('publish failed', { watch: watch.id, session: watch.session, error: (err as Error).message });
+        // lastSent stays as it was, so the next fetch of this watch (the refetch after a rejoin)
+        // sends the result again even if it is unchanged.
+        metrics.publishesFailed.inc();
+        this.publishWarnings.warn('publish', 'publish failed', { watch: watch.id, session: watch.session, error: (err as Error).message });
       }));
     }
     await Promise.all(publishes);

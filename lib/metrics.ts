@@ -12,6 +12,7 @@ export class Metrics {
     name: 'waymark_fetches_total', help: 'Upstream fetches by status class', labelNames: ['class'], registers: [this.registry],
   });
   readonly publishes = new Counter({ name: 'waymark_publishes_total', help: 'Updates published', registers: [this.registry] });
+  readonly publishesFailed = new Counter({ name: 'waymark_publishes_failed_total', help: 'Updates not published (router connection down or lost before the acknowledgement); refetched after the rejoin', registers: [this.registry] });
   readonly unchangedSkipped = new Counter({ name: 'waymark_unchanged_skipped_total', help: 'Updates not published because nothing changed', registers: [this.registry] });
   readonly deduplicated = new Counter({ name: 'waymark_fetches_deduplicated_total', help: 'Watches served by a fetch made for another watch with the same path and credentials', registers: [this.registry] });
   readonly coalesced = new Counter({ name: 'waymark_bumps_coalesced_total', help: 'Bumps folded into a fetch already queued or in flight', registers: [this.registry] });
@@ -23,6 +24,8 @@ export class Metrics {
   readonly watches = new Gauge({ name: 'waymark_watches', help: 'Watches held by this instance', registers: [this.registry] });
   readonly sessions = new Gauge({ name: 'waymark_sessions', help: 'Sessions with at least one watch', registers: [this.registry] });
   readonly routerConnected = new Gauge({ name: 'waymark_router_connected', help: '1 while joined to the router', registers: [this.registry] });
+  readonly routerJoins = new Counter({ name: 'waymark_router_joins_total', help: 'Sessions joined on the router, the first one included', registers: [this.registry] });
+  readonly sessionsReconciled = new Counter({ name: 'waymark_sessions_reconciled_total', help: 'Sessions whose watches were dropped after a rejoin because they left while Waymark was disconnected', registers: [this.registry] });
   readonly redisConnected = new Gauge({ name: 'waymark_redis_subscribed', help: '1 while subscribed to the bump channel', registers: [this.registry] });
 
   constructor() {

@@ -16,7 +16,7 @@ export interface FetchRequest {
   /** validated origin-relative path (with query) */
   path: string;
   headers: ForwardHeaders;
-  /** value of the X-Waymark header: the bump id, `snapshot` or `refresh` */
+  /** value of the X-Waymark header: the bump id, `snapshot`, `refresh` or `resync` (after an outage) */
   reason: string;
   /** revalidate: sent as If-None-Match / If-Modified-Since */
   validators?: Validators;

@@ -29,6 +29,8 @@ export const ANNOUNCE_TOPIC = 'waymark.announce';
 export const WAMP_SUBPROTOCOLS: string[] = ['wamp.2.json'];
 
 export const META_ON_LEAVE = 'wamp.session.on_leave';
+/** The router's live session ids (Crossbar: `[id, ...]`), for reconciling after a reconnect. */
+export const META_SESSION_LIST = 'wamp.session.list';
 
 export const ERROR_URIS = {
   invalid_argument: 'waymark.error.invalid_argument',

@@ -65,6 +65,11 @@ export class WatchRegistry {
     return this.bySession.size;
   }
 
+  /** The sessions holding at least one watch, as a snapshot array. */
+  sessions(): SessionId[] {
+    return [...this.bySession.keys()];
+  }
+
   get(id: string): Watch | undefined {
     return this.byId.get(id);
   }

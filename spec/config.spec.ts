@@ -21,6 +21,7 @@ describe('config', function () {
       logLevel: 'info', adminPort: 8081, adminHost: '127.0.0.1', pushUnchanged: false, maxWatchesPerSession: 100,
       maxPathBytes: 2048, maxHeaderBytes: 8192, maxBodyBytes: 1048576, fetchTimeoutMs: 5000, fetchConcurrency: 64,
     });
+    expect(c).to.include({ shutdownTimeoutMs: 10000, routerPingMs: 5000 });
     expect(c.routerAuthid).to.equal(undefined);
     expect(c.forwardHeaders).to.deep.equal(DEFAULTS.forwardHeaders);
     expect(c.responseHeaders).to.deep.equal(DEFAULTS.responseHeaders);
@@ -45,6 +46,7 @@ describe('config', function () {
     ['WAYMARK_FORWARD_HEADERS', { WAYMARK_FORWARD_HEADERS: 'bad header' }],
     ['WAYMARK_RESPONSE_HEADERS', { WAYMARK_RESPONSE_HEADERS: 'etag,set-cookie' }],
     ['WAYMARK_MAX_WATCHES_PER_SESSION', { WAYMARK_MAX_WATCHES_PER_SESSION: '-1' }],
+    ['WAYMARK_ROUTER_PING_MS', { WAYMARK_ROUTER_PING_MS: '50' }],
   ];
   for (const [setting, env] of bad) {
     it(`names ${setting} for ${JSON.stringify(env)}`, function () {

@@ -180,6 +180,39 @@ describe('dispatcher engine', function () {
     }
   });
 
+  it('shutdown: stopStarting() lets fetches in flight publish and drops the queued ones', async function () {
+    dispatcher = new Dispatcher({ registry, fetcher, publisher, logger: silentLogger(), metrics, concurrency: 2, pushUnchanged: false });
+    fetcher.delayMs = 30;
+    for (let s = 0; s < 10; s++) registry.upsert(s, '/a', { authorization: `Bearer ${s}` });
+    void dispatcher.dispatch(bump('/a'));
+    expect(fetcher.requests).to.have.length(2);
+    expect(dispatcher.stopStarting()).to.equal(8);
+    void dispatcher.dispatch(bump('/a')); // ignored: nothing starts any more
+    expect(await dispatcher.drain(1_000)).to.equal(0);
+    expect(fetcher.requests).to.have.length(2);
+    expect(publisher.published.map((p) => p.session).sort()).to.deep.equal([0, 1]);
+  });
+
+  it('a publish that failed is sent again by the next refetch, even unchanged', async function () {
+    let down = true;
+    const flaky: Publisher = {
+      publish: async (session, update) => {
+        if (down) throw new Error('not joined to the router');
+        publisher.published.push({ session, update });
+      },
+    };
+    dispatcher = new Dispatcher({ registry, fetcher, publisher: flaky, logger: silentLogger(), metrics, concurrency: 4, pushUnchanged: false });
+    registry.upsert(1, '/a', {});
+    await dispatcher.dispatch(bump('/a'));
+    expect(publisher.published).to.have.length(0);
+    expect((await metrics.publishesFailed.get()).values[0].value).to.equal(1);
+    down = false;
+    await dispatcher.refetchAll('resync');
+    expect(publisher.published.map((p) => p.update.body)).to.deep.equal(['v1:']);
+    await dispatcher.refetchAll('resync'); // delivered now: unchanged is skipped again
+    expect(publisher.published).to.have.length(1);
+  });
+
   it('is fair across paths: a path with many groups does not starve another', async function () {
     dispatcher = new Dispatcher({ registry, fetcher, publisher, logger: silentLogger(), metrics, concurrency: 1, pushUnchanged: false });
     for (let s = 0; s < 50; s++) registry.upsert(s, '/big', { authorization: `Bearer ${s}` });
