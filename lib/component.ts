@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import autobahn from 'autobahn';
 import { AdminServer } from './admin.js';
-import { RedisBumpSource, type BumpSource } from './bump-source.js';
+import { RedisBumpSource, RedisStreamBumpSource, type BumpSource, type RedisBumpSourceOptions } from './bump-source.js';
+import { CircuitBreakerFetcher } from './circuit-breaker.js';
 import type { WaymarkConfig } from './config.js';
 import { Dispatcher } from './dispatcher.js';
 import { ConfigError, WaymarkError } from './errors.js';
@@ -56,21 +57,43 @@ export class Waymark {
     this.logger = opts.logger ?? silentLogger();
     this.registry = new WatchRegistry(config.maxWatchesPerSession);
     this.rateLimiter = new SessionRateLimiter(config.rateLimit, config.rateBurst);
-    this.fetcher = opts.fetcher ?? new UndiciFetcher({
+    const http = opts.fetcher ?? new UndiciFetcher({
       apiUrl: config.apiUrl,
       responseHeaders: config.responseHeaders,
       maxBodyBytes: config.maxBodyBytes,
       timeoutMs: config.fetchTimeoutMs,
       connections: config.fetchConcurrency,
     });
-    this.bumpSource = opts.bumpSource ?? new RedisBumpSource({
+    // The breaker sits on the Fetcher seam, so injected fetchers get it too.
+    this.fetcher = config.breakerFailures > 0
+      ? new CircuitBreakerFetcher(http, {
+        failures: config.breakerFailures,
+        cooldownMs: config.breakerCooldownMs,
+        origin: () => new URL(config.apiUrl).origin,
+        logger: this.logger.child({ module: 'breaker' }),
+        onState: (origin, state) => {
+          this.metrics.breakerState.set({ origin }, state === 'closed' ? 0 : state === 'open' ? 1 : 2);
+          if (state === 'closed') void this.dispatcher.refetchFailed('recovered');
+        },
+        onHalfOpen: () => this.dispatcher.probeFailed('recovered'),
+        onRejected: () => this.metrics.breakerRejected.inc(),
+      })
+      : http;
+    const source: RedisBumpSourceOptions = {
       redisUrl: config.redisUrl,
       channel: config.bumpChannel,
       maxPathBytes: config.maxPathBytes,
       logger: this.logger.child({ module: 'bump-source' }),
+      reconnectMaxMs: config.redisReconnectMaxMs,
+      probeMs: config.redisProbeMs,
       onState: (up) => this.setRedisState(up),
+      onResync: (reason) => this.resync(reason),
+      onReconnect: () => this.metrics.redisReconnects.inc(),
       onMalformed: () => this.metrics.bumpsMalformed.inc(),
-    });
+    };
+    this.bumpSource = opts.bumpSource ?? (config.bumpStream
+      ? new RedisStreamBumpSource({ ...source, stream: config.bumpStream, reader: config.bumpStreamReader })
+      : new RedisBumpSource(source));
     this.dispatcher = new Dispatcher({
       registry: this.registry,
       fetcher: this.fetcher,
@@ -124,7 +147,9 @@ export class Waymark {
     } catch (err) {
       throw new ConfigError('WAYMARK_ADMIN_PORT', `cannot listen on ${this.config.adminHost}:${this.config.adminPort} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
     }
-    this.logger.info('connecting to redis', { url: redactUrl(this.config.redisUrl), channel: this.config.bumpChannel });
+    this.logger.info('connecting to redis', {
+      url: redactUrl(this.config.redisUrl), ...(this.config.bumpStream ? { stream: this.config.bumpStream } : { channel: this.config.bumpChannel }),
+    });
     await this.bumpSource.start((bump) => this.onBump(bump));
     this.setRedisState(true);
     this.logger.info('joining router', { url: this.config.routerUrl, realm: this.config.realm, authid: this.config.routerAuthid ?? '(anonymous)' });
@@ -273,6 +298,14 @@ export class Waymark {
     if (this.status === 'stopping' || this.status === 'stopped') return;
     this.logger.debug('bump', { bump: bump.id, paths: bump.paths.length });
     void this.dispatcher.dispatch(bump);
+  }
+
+  /** Bumps may have been lost while Redis was away: refetch every watch once, through the cap. */
+  private resync(reason: string): void {
+    if (this.status === 'stopping' || this.status === 'stopped') return;
+    this.metrics.resyncs.inc({ reason });
+    this.logger.info('refetching every watch', { reason, watches: this.registry.size });
+    void this.dispatcher.refetchAll('resync');
   }
 
   private setRedisState(up: boolean): void {

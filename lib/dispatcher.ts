@@ -68,6 +68,8 @@ function bodyHash(result: FetchResult): string {
  */
 export class Dispatcher {
   private readonly groups = new Map<string, Group>();
+  /** groups whose last fetch failed (no response or 5xx): refetched when the API is back */
+  private readonly failed = new Set<string>();
   /** queued groups per path, and the round-robin ring of paths that have some */
   private readonly queues = new Map<string, Group[]>();
   private ring: string[] = [];
@@ -119,6 +121,32 @@ export class Dispatcher {
       if ([...watches].some((w) => !w.suspended)) this.schedule(path, credKey, { reason, bump: null });
     }
     return this.settled();
+  }
+
+  /**
+   * Refetch every group whose last fetch failed (after the API's circuit closed), so no watch
+   * is left showing an error the API no longer gives. Publishes only what changed.
+   */
+  refetchFailed(reason: string): Promise<void> {
+    for (const key of [...this.failed]) {
+      const g = this.groups.get(key);
+      if (g && this.liveWatches(g).length > 0) this.schedule(g.path, g.credKey, { reason, bump: null });
+      else this.failed.delete(key);
+    }
+    return this.settled();
+  }
+
+  /** Refetch one failed group (a half-open circuit's probe); false when there is none. */
+  probeFailed(reason: string): boolean {
+    for (const key of [...this.failed]) {
+      const g = this.groups.get(key);
+      if (g && this.liveWatches(g).length > 0) {
+        this.schedule(g.path, g.credKey, { reason, bump: null });
+        return true;
+      }
+      this.failed.delete(key);
+    }
+    return false;
   }
 
   /** A first fetch for `waymark.watch` with `snapshot: true`; it jumps the queue and counts as sent. */
@@ -268,6 +296,8 @@ export class Dispatcher {
       const v = g.validators;
       const revalidate = v && watches.every((w) => w.lastSent?.bodyHash === v.bodyHash && w.lastSent.status === v.status);
       const result = await this.fetch(g.path, watches[0].headers, trigger.reason, revalidate ? v : undefined);
+      if (result.status === 0 ? result.error?.code !== 'too_large' : result.status >= 500) this.failed.add(g.key);
+      else this.failed.delete(g.key);
       if (BACK_OFF.has(result.status) && result.retryAfterMs !== undefined && !g.retried) {
         const ms = Math.min(result.retryAfterMs, this.opts.maxRetryAfterMs ?? 60_000);
         this.pausedUntil = Math.max(this.pausedUntil, Date.now() + ms);
@@ -288,7 +318,10 @@ export class Dispatcher {
       this.pump();
     } else {
       g.state = 'idle';
-      if (!this.opts.registry.group(g.path, g.credKey)) this.groups.delete(g.key);
+      if (!this.opts.registry.group(g.path, g.credKey)) {
+        this.groups.delete(g.key);
+        this.failed.delete(g.key);
+      }
     }
   }
 

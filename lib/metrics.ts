@@ -21,6 +21,10 @@ export class Metrics {
   readonly sessions = new Gauge({ name: 'waymark_sessions', help: 'Sessions with at least one watch', registers: [this.registry] });
   readonly routerConnected = new Gauge({ name: 'waymark_router_connected', help: '1 while joined to the router', registers: [this.registry] });
   readonly redisConnected = new Gauge({ name: 'waymark_redis_subscribed', help: '1 while subscribed to the bump channel', registers: [this.registry] });
+  readonly redisReconnects = new Counter({ name: 'waymark_redis_reconnects_total', help: 'Redis reconnect attempts', registers: [this.registry] });
+  readonly resyncs = new Counter({ name: 'waymark_resyncs_total', help: 'Refetches of every watch because bumps may have been lost', labelNames: ['reason'], registers: [this.registry] });
+  readonly breakerState = new Gauge({ name: 'waymark_api_breaker_state', help: 'API circuit breaker: 0 closed, 1 open, 2 half-open', labelNames: ['origin'], registers: [this.registry] });
+  readonly breakerRejected = new Counter({ name: 'waymark_fetches_rejected_total', help: 'Fetches failed fast by an open circuit breaker', registers: [this.registry] });
 
   constructor() {
     // process CPU, heap and event-loop lag, as waymark_process_* / waymark_nodejs_*
