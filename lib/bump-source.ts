@@ -141,6 +141,8 @@ abstract class RedisSource implements BumpSource {
   private watchdog?: NodeJS.Timeout;
   private readonly connections: Array<{ redis: Redis; since: number }> = [];
   private stopping?: Promise<void>;
+  /** names this source's connections in CLIENT LIST: `waymark-<role>-<uid>` */
+  protected readonly uid = randomUUID().slice(0, 8);
 
   constructor(private readonly base: RedisBumpSourceOptions | RedisStreamBumpSourceOptions) {
     this.logger = base.logger;
@@ -157,6 +159,7 @@ abstract class RedisSource implements BumpSource {
     const cap = this.base.reconnectMaxMs ?? 5_000;
     const redis = new Redis(this.base.redisUrl, {
       lazyConnect: true,
+      connectionName: `waymark-${role.replace(/ /g, '-')}-${this.uid}`,
       // Commands fail at once while disconnected, and in-flight ones fail on close instead of
       // being resent: the owner decides what to do again after a reconnect.
       enableOfflineQueue: false,
@@ -272,7 +275,6 @@ export class RedisBumpSource extends RedisSource {
   private generation = 0;
   private probe?: { token: string; sentAt: number };
   private probeSeq = 0;
-  private readonly probeId = randomUUID();
 
   constructor(private readonly opts: RedisBumpSourceOptions) {
     super(opts);
@@ -337,7 +339,7 @@ export class RedisBumpSource extends RedisSource {
       this.reconnectAll();
       return;
     }
-    const token = `${this.probeId}:${++this.probeSeq}`;
+    const token = `${this.uid}:${++this.probeSeq}`;
     this.probe = { token, sentAt: now };
     // A publisher that cannot publish leaves the probe unanswered, which counts as a failure.
     if (this.pub?.status === 'ready') {
@@ -392,7 +394,7 @@ export class RedisStreamBumpSource extends RedisSource {
       const saved = await reader.get(this.key);
       if (saved && /^\d+-\d+$/.test(saved)) {
         this.cursor = saved;
-        trimmed = await this.trimmedPastCursor(reader);
+        trimmed = await this.catchUp(reader);
       } else {
         this.cursor = (await this.streamInfo(reader))?.lastGenerated ?? '0-0';
       }
@@ -417,7 +419,7 @@ export class RedisStreamBumpSource extends RedisSource {
       try {
         if (!this.up) {
           // Back after an outage: the in-memory id covers it unless the stream was trimmed past it.
-          const trimmed = await this.trimmedPastCursor(reader);
+          const trimmed = await this.catchUp(reader);
           this.setUp(true, { stream, from: this.cursor });
           if (trimmed) this.resync('trimmed');
         }
@@ -465,7 +467,7 @@ export class RedisStreamBumpSource extends RedisSource {
   }
 
   /** `XINFO STREAM`, or undefined when the stream does not exist (yet). */
-  private async streamInfo(reader: Redis): Promise<{ lastGenerated: string; maxDeleted?: string; first?: string } | undefined> {
+  private async streamInfo(reader: Redis): Promise<{ lastGenerated: string; maxDeleted?: string; first?: string; deleted?: number } | undefined> {
     let raw: unknown[];
     try {
       raw = await reader.call('XINFO', 'STREAM', this.opts.stream) as unknown[];
@@ -477,21 +479,44 @@ export class RedisStreamBumpSource extends RedisSource {
     for (let i = 0; i + 1 < raw.length; i += 2) info.set(String(raw[i]), raw[i + 1]);
     const first = info.get('first-entry') as [string, unknown] | null | undefined;
     const maxDeleted = info.get('max-deleted-entry-id');
+    const added = info.get('entries-added');
     return {
+      ...(typeof added === 'number' ? { deleted: added - Number(info.get('length')) } : {}),
       lastGenerated: String(info.get('last-generated-id') ?? '0-0'),
       ...(typeof maxDeleted === 'string' ? { maxDeleted } : {}),
       ...(first ? { first: first[0] } : {}),
     };
   }
 
-  /** Were entries after the cursor deleted (trimmed) before we read them? */
-  private async trimmedPastCursor(reader: Redis): Promise<boolean> {
+  /**
+   * Check the cursor after an outage or restart. When entries after it were trimmed, the full
+   * refetch that follows covers everything up to now, so the cursor moves to the stream's end
+   * (and is saved): a later restart does not refetch again for the same gap.
+   */
+  private async catchUp(reader: Redis): Promise<boolean> {
     const info = await this.streamInfo(reader);
+    if (!this.trimmedPastCursor(info)) return false;
+    if (info && compareStreamIds(info.lastGenerated, this.cursor) > 0) {
+      this.cursor = info.lastGenerated;
+      await reader.set(this.key, this.cursor, 'EX', CURSOR_TTL_SECONDS);
+    }
+    return true;
+  }
+
+  /** Were entries after the cursor deleted (trimmed) before we read them? */
+  private trimmedPastCursor(info: Awaited<ReturnType<RedisStreamBumpSource['streamInfo']>>): boolean {
     // The stream is gone: whatever it held after our cursor may be lost with it.
     if (!info) return this.cursor !== '0-0';
-    // Redis 7 records the highest deleted id; older servers: an oldest entry past the cursor.
-    if (info.maxDeleted !== undefined) return compareStreamIds(info.maxDeleted, this.cursor) > 0;
-    return info.first !== undefined && compareStreamIds(info.first, this.cursor) > 0;
+    // Redis 7 counts every entry ever added: none deleted, none lost.
+    if (info.deleted === 0) return false;
+    // XDEL past the cursor (Redis 7 records the highest deleted id; XTRIM does not update it).
+    if (info.maxDeleted !== undefined && compareStreamIds(info.maxDeleted, this.cursor) > 0) return true;
+    // Trimmed: the oldest entry left is past the cursor, or entries came after it and none is
+    // left. Conservative: when the entry right after the cursor is the oldest left, it refetches
+    // although nothing was lost.
+    return info.first !== undefined
+      ? compareStreamIds(info.first, this.cursor) > 0
+      : compareStreamIds(info.lastGenerated, this.cursor) > 0;
   }
 
   protected tick(): void {
