@@ -237,7 +237,10 @@ abstract class RedisSource implements BumpSource {
 
   /** Force a reconnect of every connection (the owner's state follows from their events). */
   protected reconnectAll(): void {
-    for (const { redis } of this.connections) if (redis.status !== 'end') redis.disconnect(true);
+    for (const { redis } of this.connections) {
+      // one already waiting to reconnect keeps its backoff
+      if (['connecting', 'connect', 'ready'].includes(redis.status)) redis.disconnect(true);
+    }
   }
 
   stop(): Promise<void> {

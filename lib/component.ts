@@ -64,12 +64,14 @@ export class Waymark {
       timeoutMs: config.fetchTimeoutMs,
       connections: config.fetchConcurrency,
     });
-    // The breaker sits on the Fetcher seam, so injected fetchers get it too.
+    // The breaker sits on the Fetcher seam, so injected fetchers get it too. Every path is
+    // fetched from the one API origin, so there is one circuit.
+    const apiOrigin = new URL(config.apiUrl).origin;
     this.fetcher = config.breakerFailures > 0
       ? new CircuitBreakerFetcher(http, {
         failures: config.breakerFailures,
         cooldownMs: config.breakerCooldownMs,
-        origin: () => new URL(config.apiUrl).origin,
+        origin: () => apiOrigin,
         logger: this.logger.child({ module: 'breaker' }),
         onState: (origin, state) => {
           this.metrics.breakerState.set({ origin }, state === 'closed' ? 0 : state === 'open' ? 1 : 2);

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { isFailure } from './circuit-breaker.js';
 import type { Fetcher } from './fetcher.js';
 import type { Logger } from './logger.js';
 import { Metrics } from './metrics.js';
@@ -160,6 +161,14 @@ export class Dispatcher {
     }
     watch.lastSent = { status: result.status, bodyHash: bodyHash(result) };
     if (CREDENTIALS_REJECTED.has(result.status)) watch.suspended = true;
+    // A failed snapshot is refetched with the failed groups once the API answers again.
+    const key = `${watch.credKey}\0${watch.path}`;
+    if (isFailure(result)) {
+      if (!this.groups.has(key)) this.groups.set(key, { key, path: watch.path, credKey: watch.credKey, state: 'idle', next: null, retried: false });
+      this.failed.add(key);
+    } else {
+      this.failed.delete(key);
+    }
     return toUpdate(watch, result, null);
   }
 
@@ -296,7 +305,7 @@ export class Dispatcher {
       const v = g.validators;
       const revalidate = v && watches.every((w) => w.lastSent?.bodyHash === v.bodyHash && w.lastSent.status === v.status);
       const result = await this.fetch(g.path, watches[0].headers, trigger.reason, revalidate ? v : undefined);
-      if (result.status === 0 ? result.error?.code !== 'too_large' : result.status >= 500) this.failed.add(g.key);
+      if (isFailure(result)) this.failed.add(g.key);
       else this.failed.delete(g.key);
       if (BACK_OFF.has(result.status) && result.retryAfterMs !== undefined && !g.retried) {
         const ms = Math.min(result.retryAfterMs, this.opts.maxRetryAfterMs ?? 60_000);

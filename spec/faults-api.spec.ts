@@ -122,6 +122,11 @@ describe('faults: API', function () {
       await sleep(100);
       expect(await sum(h.waymark.metrics.breakerRejected)).to.be.above(0);
       expect(api.requests.length - hitsBefore, 'requests while open').to.be.at.most(2);
+      // A watch taken while the circuit is open gets a failed snapshot; it is refetched too.
+      const late = await watchAll(pool, 1, [PATHS[0]], 'late');
+      expect(late[0].snapshot).to.include({ status: 0 });
+      expect(late[0].snapshot!.error?.code).to.equal('unreachable');
+      watchers.push(...late);
       const since = Date.now();
       state.failWith = undefined;
       const r = await converge('api-500-recover', watchers, await finalState(api.url, watchers), since);

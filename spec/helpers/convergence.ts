@@ -49,12 +49,12 @@ export interface Watcher {
 }
 
 /** `sessions` clients, each watching every path with a token of its own, with a snapshot. */
-export async function watchAll(pool: ClientPool, sessions: number, paths: string[]): Promise<Watcher[]> {
+export async function watchAll(pool: ClientPool, sessions: number, paths: string[], tokenPrefix = 'token'): Promise<Watcher[]> {
   const out: Watcher[] = [];
   for (let s = 0; s < sessions; s++) {
     const client = await pool.open();
     for (const path of paths) {
-      const token = `token-${s}`;
+      const token = `${tokenPrefix}-${s}`;
       const r = await client.call<WatchResult>(PROC_WATCH, [path, { token, snapshot: true }]);
       out.push({ client, path, token, watch: r.watch, snapshot: r.snapshot });
     }
