@@ -139,7 +139,8 @@ abstract class RedisSource implements BumpSource {
   protected up = false;
   protected everUp = false;
   private watchdog?: NodeJS.Timeout;
-  private readonly connections: Array<{ redis: Redis; since: number }> = [];
+  /** the primary connection (subscriber, stream reader) is the one whose state is `up` */
+  private readonly connections: Array<{ redis: Redis; since: number; primary: boolean }> = [];
   private stopping?: Promise<void>;
   /** names this source's connections in CLIENT LIST: `waymark-<role>-<uid>` */
   protected readonly uid = randomUUID().slice(0, 8);
@@ -155,7 +156,7 @@ abstract class RedisSource implements BumpSource {
   protected abstract close(): Promise<void>;
 
   /** A connection that reconnects forever with capped backoff and never queues commands offline. */
-  protected connection(role: string): Redis {
+  protected connection(role: string, primary: boolean): Redis {
     const cap = this.base.reconnectMaxMs ?? 5_000;
     const redis = new Redis(this.base.redisUrl, {
       lazyConnect: true,
@@ -168,7 +169,7 @@ abstract class RedisSource implements BumpSource {
       autoResendUnfulfilledCommands: false,
       retryStrategy: (times) => Math.min(100 * 2 ** Math.min(times - 1, 16), cap),
     });
-    const entry = { redis, since: Date.now() };
+    const entry = { redis, since: Date.now(), primary };
     this.connections.push(entry);
     redis.on('error', (err: Error) => this.warnings.warn(`redis-error-${role}`, 'redis connection error', { role, error: err.message }));
     redis.on('connect', () => { entry.since = Date.now(); });
@@ -185,9 +186,10 @@ abstract class RedisSource implements BumpSource {
     if (this.probeMs <= 0 || this.watchdog) return;
     this.watchdog = setInterval(() => {
       const now = Date.now();
-      for (const { redis, since } of this.connections) {
-        // TCP up but no answer to the handshake: nothing else would ever notice.
-        if (redis.status === 'connect' && now - since > 2 * this.probeMs) {
+      for (const { redis, since, primary } of this.connections) {
+        // TCP up but no answer to the handshake (or to the subscribe / catch-up that follows):
+        // nothing else would ever notice.
+        if ((redis.status === 'connect' || (primary && redis.status === 'ready' && !this.up)) && now - since > 2 * this.probeMs) {
           this.logger.warn('redis handshake not answered; reconnecting', { waitedMs: now - since });
           redis.disconnect(true);
         }
@@ -286,7 +288,7 @@ export class RedisBumpSource extends RedisSource {
   async start(onBump: (bump: Bump) => void): Promise<void> {
     if (this.sub) return;
     const { channel } = this.opts;
-    const sub = this.connection('subscriber');
+    const sub = this.connection('subscriber', true);
     this.sub = sub;
     let first: Promise<boolean> | undefined;
     sub.on('ready', () => { first ??= this.subscribe(sub); if (this.everUp) void this.subscribe(sub); });
@@ -301,6 +303,7 @@ export class RedisBumpSource extends RedisSource {
         if (this.probe?.token === token) this.probe = undefined;
       });
     });
+    this.startWatchdog();
     try {
       await sub.connect();
       if (!(await first)) throw new Error(`could not subscribe to ${channel}`);
@@ -309,9 +312,8 @@ export class RedisBumpSource extends RedisSource {
       throw err;
     }
     if (this.probeMs > 0) {
-      this.pub = this.connection('probe publisher');
+      this.pub = this.connection('probe publisher', false);
       this.pub.connect().catch(() => undefined);
-      this.startWatchdog();
     }
   }
 
@@ -334,7 +336,7 @@ export class RedisBumpSource extends RedisSource {
   }
 
   protected tick(now: number): void {
-    if (!this.up || this.stopped) return;
+    if (!this.up || this.stopped || !this.pub) return;
     if (this.probe) {
       // The last probe did not come back within one interval: the subscription is deaf.
       this.logger.warn('redis probe not answered; reconnecting', { channel: this.opts.channel, waitedMs: now - this.probe.sentAt });
@@ -387,14 +389,14 @@ export class RedisStreamBumpSource extends RedisSource {
   async start(onBump: (bump: Bump) => void): Promise<void> {
     if (this.reader) return;
     const { stream } = this.opts;
-    const reader = this.connection('stream reader');
+    const reader = this.connection('stream reader', true);
     this.reader = reader;
     reader.on('ready', () => this.wake?.());
     reader.on('close', () => this.setUp(false, { stream }));
     let trimmed = false;
     try {
       await reader.connect();
-      const saved = await reader.get(this.key);
+      const saved = await this.deadline(reader, 'GET', reader.get(this.key));
       if (saved && /^\d+-\d+$/.test(saved)) {
         this.cursor = saved;
         trimmed = await this.catchUp(reader);
@@ -441,7 +443,7 @@ export class RedisStreamBumpSource extends RedisSource {
             this.cursor = id;
           }
         }
-        await reader.set(this.key, this.cursor, 'EX', CURSOR_TTL_SECONDS);
+        await this.deadline(reader, 'SET', reader.set(this.key, this.cursor, 'EX', CURSOR_TTL_SECONDS));
       } catch (err) {
         if (this.stopped) break;
         if (reader.status === 'ready') {
@@ -450,6 +452,21 @@ export class RedisStreamBumpSource extends RedisSource {
           await new Promise((r) => setTimeout(r, 1_000));
         }
       }
+    }
+  }
+
+  /** A command that must not hang on a silent connection: past the deadline, reconnect. */
+  private async deadline<T>(reader: Redis, what: string, p: Promise<T>): Promise<T> {
+    if (this.probeMs <= 0) return p;
+    const ms = 2 * this.probeMs;
+    const timer = setTimeout(() => {
+      this.logger.warn('redis command not answered; reconnecting', { command: what, waitedMs: ms });
+      reader.disconnect(true);
+    }, ms);
+    try {
+      return await p;
+    } finally {
+      clearTimeout(timer);
     }
   }
 
@@ -473,7 +490,7 @@ export class RedisStreamBumpSource extends RedisSource {
   private async streamInfo(reader: Redis): Promise<{ lastGenerated: string; maxDeleted?: string; first?: string; deleted?: number } | undefined> {
     let raw: unknown[];
     try {
-      raw = await reader.call('XINFO', 'STREAM', this.opts.stream) as unknown[];
+      raw = await this.deadline(reader, 'XINFO', reader.call('XINFO', 'STREAM', this.opts.stream)) as unknown[];
     } catch (err) {
       if (/no such key/i.test((err as Error).message)) return undefined;
       throw err;
@@ -501,7 +518,7 @@ export class RedisStreamBumpSource extends RedisSource {
     if (!this.trimmedPastCursor(info)) return false;
     if (info && compareStreamIds(info.lastGenerated, this.cursor) > 0) {
       this.cursor = info.lastGenerated;
-      await reader.set(this.key, this.cursor, 'EX', CURSOR_TTL_SECONDS);
+      await this.deadline(reader, 'SET', reader.set(this.key, this.cursor, 'EX', CURSOR_TTL_SECONDS));
     }
     return true;
   }

@@ -132,7 +132,7 @@ export class Dispatcher {
     for (const key of [...this.failed]) {
       const g = this.groups.get(key);
       if (g && this.liveWatches(g).length > 0) this.schedule(g.path, g.credKey, { reason, bump: null });
-      else this.failed.delete(key);
+      else this.forgetFailed(key);
     }
     return this.settled();
   }
@@ -145,9 +145,16 @@ export class Dispatcher {
         this.schedule(g.path, g.credKey, { reason, bump: null });
         return true;
       }
-      this.failed.delete(key);
+      this.forgetFailed(key);
     }
     return false;
+  }
+
+  /** A failed group whose watches are gone: forget it (unless it is queued or running). */
+  private forgetFailed(key: string): void {
+    this.failed.delete(key);
+    const g = this.groups.get(key);
+    if (g?.state === 'idle' && !this.opts.registry.group(g.path, g.credKey)) this.groups.delete(key);
   }
 
   /** A first fetch for `waymark.watch` with `snapshot: true`; it jumps the queue and counts as sent. */
