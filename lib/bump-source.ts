@@ -140,7 +140,7 @@ abstract class RedisSource implements BumpSource {
   protected everUp = false;
   private watchdog?: NodeJS.Timeout;
   /** the primary connection (subscriber, stream reader) is the one whose state is `up` */
-  private readonly connections: Array<{ redis: Redis; since: number; primary: boolean }> = [];
+  private readonly connections: Array<{ redis: Redis; role: string; since: number; primary: boolean }> = [];
   private stopping?: Promise<void>;
   /** names this source's connections in CLIENT LIST: `waymark-<role>-<uid>` */
   protected readonly uid = randomUUID().slice(0, 8);
@@ -169,7 +169,7 @@ abstract class RedisSource implements BumpSource {
       autoResendUnfulfilledCommands: false,
       retryStrategy: (times) => Math.min(100 * 2 ** Math.min(times - 1, 16), cap),
     });
-    const entry = { redis, since: Date.now(), primary };
+    const entry = { redis, role, since: Date.now(), primary };
     this.connections.push(entry);
     redis.on('error', (err: Error) => this.warnings.warn(`redis-error-${role}`, 'redis connection error', { role, error: err.message }));
     redis.on('connect', () => { entry.since = Date.now(); });
@@ -186,11 +186,11 @@ abstract class RedisSource implements BumpSource {
     if (this.probeMs <= 0 || this.watchdog) return;
     this.watchdog = setInterval(() => {
       const now = Date.now();
-      for (const { redis, since, primary } of this.connections) {
+      for (const { redis, role, since, primary } of this.connections) {
         // TCP up but no answer to the handshake (or to the subscribe / catch-up that follows):
         // nothing else would ever notice.
         if ((redis.status === 'connect' || (primary && redis.status === 'ready' && !this.up)) && now - since > 2 * this.probeMs) {
-          this.logger.warn('redis handshake not answered; reconnecting', { waitedMs: now - since });
+          this.logger.warn('redis handshake not answered; reconnecting', { role, waitedMs: now - since });
           redis.disconnect(true);
         }
       }
@@ -254,10 +254,14 @@ abstract class RedisSource implements BumpSource {
         if (redis.status === 'end') return;
         try {
           if (redis.status !== 'ready') throw new Error('not connected');
-          await redis.quit();
+          // A silent connection would never answer QUIT.
+          let timer: NodeJS.Timeout | undefined;
+          await Promise.race([redis.quit(), new Promise((resolve) => { timer = setTimeout(resolve, 1_000); })]);
+          clearTimeout(timer);
         } catch {
-          redis.disconnect();
+          // closed below
         }
+        if ((redis.status as string) !== 'end') redis.disconnect();
       }));
       this.up = false;
     })();

@@ -4,6 +4,7 @@ import { compareStreamIds, MAX_PATHS_PER_BUMP, parseBumpMessage, RedisBumpSource
 import { createBumper } from '../lib/bumper.js';
 import { silentLogger } from '../lib/logger.js';
 import type { Bump } from '../lib/types.js';
+import { FaultProxy } from './helpers/fault-proxy.js';
 import { randomChannel, testEnv, waitFor } from './helpers/env.js';
 
 describe('bump messages', function () {
@@ -167,5 +168,26 @@ describe('RedisStreamBumpSource', function () {
     const third = await make(got, { onResync: (r) => resyncs.push(r) });
     await third.stop();
     expect(resyncs).to.have.length(1);
+  });
+});
+
+describe('bump sources on a silent connection', function () {
+  it('stop() does not wait for a QUIT that never comes back', async function () {
+    const target = new URL(testEnv.redisUrl);
+    const proxy = await new FaultProxy({ host: target.hostname, port: Number(target.port || 6379) }).start();
+    const url = proxy.url(testEnv.redisUrl);
+    const sources = [
+      new RedisBumpSource({ redisUrl: url, channel: randomChannel(), maxPathBytes: 2048, logger: silentLogger(), probeMs: 60_000 }),
+      new RedisStreamBumpSource({ redisUrl: url, stream: randomChannel(), maxPathBytes: 2048, logger: silentLogger(), probeMs: 60_000 }),
+    ];
+    try {
+      for (const s of sources) await s.start(() => undefined);
+      await proxy.set('blackhole');
+      const t0 = Date.now();
+      await Promise.all(sources.map((s) => s.stop()));
+      expect(Date.now() - t0).to.be.below(3_000);
+    } finally {
+      await proxy.stop();
+    }
   });
 });

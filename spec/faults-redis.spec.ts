@@ -99,10 +99,14 @@ describe('faults: Redis', function () {
   });
 
   it('(b) refuse + cut: reconnects with backoff, resubscribes, and the refetch converges', async function () {
-    const h = await withProxy();
+    const h = await withProxy({ WAYMARK_ADMIN_PORT: String(await freePort()) });
+    const admin = (path: string) => fetch(`http://127.0.0.1:${h.waymark.adminAddress!.port}${path}`);
     const watchers = await watchAll(pool, SESSIONS, PATHS);
+    expect((await admin('/readyz')).status).to.equal(200);
     await proxy!.set('refuse');
     await waitFor('the subscription to drop', () => !h.waymark.ready, 3_000);
+    expect((await admin('/readyz')).status).to.equal(503);
+    expect(await (await admin('/metrics')).text()).to.match(/^waymark_redis_subscribed 0$/m);
     change(2);
     for (const p of PATHS) expect(await h.bump(p)).to.equal(0); // nobody subscribed: lost
     await sleep(500); // a few refused reconnect attempts
@@ -111,6 +115,8 @@ describe('faults: Redis', function () {
     await proxy!.set('pass');
     const r = await converge('redis-refuse', watchers, want, since);
     expect(r.lost).to.equal(0);
+    expect((await admin('/readyz')).status).to.equal(200);
+    expect(await (await admin('/metrics')).text()).to.match(/^waymark_redis_subscribed 1$/m).and.match(/^waymark_resyncs_total\{reason="resubscribed"\} [12]$/m);
     expect(await h.waymark.metrics.redisReconnects.get()).to.have.nested.property('values[0].value').above(1);
     // one refetch per group (2 paths x 3 tokens) through the engine; a second resync only if a
     // probe on this shared machine came back late
