@@ -81,7 +81,11 @@ export class Dispatcher {
   private pausedUntil = 0;
   private pauseTimer?: NodeJS.Timeout;
   private readonly work = new Set<Promise<void>>();
-  private idleWaiters: Array<() => void> = [];
+  /**
+   * One promise shared by every caller waiting for idle: a bump per call under a hung API must
+   * not pile up one waiter each (the component calls dispatch() for every bump).
+   */
+  private idle?: { promise: Promise<void>; resolve: () => void };
 
   constructor(private readonly opts: DispatcherOptions) {}
 
@@ -191,7 +195,12 @@ export class Dispatcher {
   /** Resolves when nothing is queued, fetching or publishing. */
   settled(): Promise<void> {
     if (this.busy === 0) return Promise.resolve();
-    return new Promise((resolve) => this.idleWaiters.push(resolve));
+    if (!this.idle) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((r) => { resolve = r; });
+      this.idle = { promise, resolve };
+    }
+    return this.idle.promise;
   }
 
   private schedule(path: string, credKey: string, trigger: Trigger): void {
@@ -282,10 +291,10 @@ export class Dispatcher {
   }
 
   private checkIdle(): void {
-    if (this.busy > 0 || this.idleWaiters.length === 0) return;
-    const waiters = this.idleWaiters;
-    this.idleWaiters = [];
-    for (const w of waiters) w();
+    if (this.busy > 0 || !this.idle) return;
+    const idle = this.idle;
+    this.idle = undefined;
+    idle.resolve();
   }
 
   private async fetch(path: string, headers: Watch['headers'], reason: string, validators?: Validators): Promise<FetchResult> {

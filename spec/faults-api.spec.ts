@@ -219,11 +219,14 @@ describe('faults: API', function () {
         concurrency: 4, pushUnchanged: false,
       });
       let maxQueued = 0;
+      const waits = new Set<Promise<void>>();
       for (let i = 0; i < 1000; i++) {
-        void d.dispatch({ id: `b${i}`, paths: [paths[i % paths.length]], at: Date.now() });
+        waits.add(d.dispatch({ id: `b${i}`, paths: [paths[i % paths.length]], at: Date.now() }));
         maxQueued = Math.max(maxQueued, d.queued);
       }
       expect(maxQueued).to.be.at.most(groups);
+      // nor do the callers waiting for idle: one shared promise, not one waiter per bump
+      expect(waits.size).to.equal(1);
       expect(calls).to.equal(4);
       while (pending.length > 0 || d.busy > 0) {
         pending.splice(0).forEach((release) => release());
