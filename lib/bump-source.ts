@@ -398,10 +398,12 @@ export class RedisStreamBumpSource extends RedisSource {
     reader.on('ready', () => this.wake?.());
     reader.on('close', () => this.setUp(false, { stream }));
     let trimmed = false;
+    let resumed = false;
     try {
       await reader.connect();
       const saved = await this.deadline(reader, 'GET', reader.get(this.key));
       if (saved && /^\d+-\d+$/.test(saved)) {
+        resumed = true;
         this.cursor = saved;
         trimmed = await this.catchUp(reader);
       } else {
@@ -411,7 +413,7 @@ export class RedisStreamBumpSource extends RedisSource {
       await this.stop();
       throw err;
     }
-    this.setUp(true, { stream, from: this.cursor, resumed: trimmed ? 'trimmed' : 'yes' });
+    this.setUp(true, { stream, from: this.cursor, position: resumed ? (trimmed ? 'saved, trimmed past' : 'saved') : 'end of stream' });
     if (trimmed) this.resync('trimmed');
     this.startWatchdog();
     this.loop = this.read(reader, onBump);
@@ -436,8 +438,8 @@ export class RedisStreamBumpSource extends RedisSource {
         if (!reply) continue;
         for (const [, entries] of reply) {
           for (const [id, fields] of entries) {
-            const i = fields.indexOf('bump');
-            const message = i >= 0 && i % 2 === 0 ? fields[i + 1] : undefined;
+            let message: string | undefined;
+            for (let i = 0; i + 1 < fields.length; i += 2) if (fields[i] === 'bump') message = fields[i + 1];
             if (message === undefined) {
               this.opts.onMalformed?.();
               this.warnings.warn('malformed-bump', 'dropped a stream entry without a "bump" field', { id });
