@@ -28,3 +28,6 @@ server.listen(0, '127.0.0.1', () => {
   process.stdout.write(`PORT ${(server.address() as { port: number }).port}\n`);
 });
 process.on('SIGTERM', () => server.close(() => process.exit(0)));
+// Never outlive the spec that started it (a crashed mocha leaves no API behind).
+const parent = process.ppid;
+setInterval(() => { if (process.ppid !== parent) process.exit(0); }, 1_000).unref();
