@@ -139,8 +139,12 @@ export class BumpEndpoint {
 
   private async accept(body: string, res: ServerResponse): Promise<void> {
     const parsed = parseBumpMessage(body, this.opts.maxPathBytes);
+    if (parsed.ok && parsed.probe !== undefined) {
+      this.answer(res, 400, { error: 'a probe is Waymark\'s own liveness message, not a bump' });
+      return;
+    }
     if (!parsed.ok || parsed.dropped > 0) {
-      const reason = parsed.ok ? `${parsed.dropped} path(s) refused, nothing was bumped: ${parsed.invalid}` : parsed.reason;
+      const reason = parsed.ok ? `${parsed.dropped} path(s) refused, nothing was bumped: ${'invalid' in parsed ? parsed.invalid : ''}` : parsed.reason;
       this.warnings.warn('bump-bad-request', 'POST /bump refused: bad body', { reason, bytes: Buffer.byteLength(body) });
       this.answer(res, 400, { error: reason, expected: 'a path such as /users/1, {"path": "/users/1", "id"?: "..."} or {"paths": ["/users/1", "/teams/4"], "id"?: "..."}' });
       return;

@@ -8,10 +8,18 @@ export interface BumperOptions {
   channel?: string;
   /** an existing ioredis client to publish on (not closed by close()) */
   redis?: Redis;
+  /** stream mode (`WAYMARK_BUMP_STREAM`): XADD to this stream instead of PUBLISH on the channel */
+  stream?: string;
+  /** approximate length the stream is trimmed to on every XADD. @default 100000 */
+  streamMaxLen?: number;
 }
 
 export interface Bumper {
-  /** Publish one bump for one or more paths; resolves with the number of Waymark subscribers that got it. */
+  /**
+   * Publish one bump for one or more paths. Pub/sub: resolves with the number of Waymark
+   * subscribers that got it. Stream mode: resolves with 1 once the entry is stored (every reader
+   * reads it, now or after an outage).
+   */
   bump(pathOrPaths: string | string[], opts?: { id?: string }): Promise<number>;
   close(): Promise<void>;
 }
@@ -32,6 +40,11 @@ export function createBumper(opts: BumperOptions = {}): Bumper {
       const message = paths.length === 1 && id === undefined && !/\s/.test(paths[0])
         ? paths[0]
         : JSON.stringify(paths.length === 1 ? { path: paths[0], ...(id ? { id } : {}) } : { paths, ...(id ? { id } : {}) });
+      if (opts.stream) {
+        // The same three message forms, in the `bump` field of one entry; MAXLEN ~ keeps it bounded.
+        await redis.xadd(opts.stream, 'MAXLEN', '~', opts.streamMaxLen ?? DEFAULTS.bumpStreamMaxLen, '*', 'bump', message);
+        return 1;
+      }
       return redis.publish(channel, message);
     },
     close() {

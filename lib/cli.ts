@@ -57,6 +57,8 @@ Options:
 
 Publishes one bump for the given paths on WAYMARK_BUMP_CHANNEL (default waymark:bumps) of
 WAYMARK_REDIS_URL. The same as: redis-cli PUBLISH waymark:bumps /users/1
+With WAYMARK_BUMP_STREAM set (stream mode), adds it to that stream instead:
+redis-cli XADD <stream> MAXLEN ~ 100000 '*' bump /users/1 (WAYMARK_BUMP_STREAM_MAXLEN)
 
 Options:
   --id ID        bump id passed to the API as X-Waymark (default: Waymark makes one)`,
@@ -247,7 +249,9 @@ async function dev(argv: string[], io: CliIO): Promise<number> {
     cleanup.push(() => router.close());
     let apiUrl = io.env.WAYMARK_API_URL;
     if (!apiUrl) {
-      const bumper = createBumper({ redisUrl: preliminary.redisUrl, channel: preliminary.bumpChannel });
+      const bumper = createBumper({
+        redisUrl: preliminary.redisUrl, channel: preliminary.bumpChannel, stream: preliminary.bumpStream, streamMaxLen: preliminary.bumpStreamMaxLen,
+      });
       cleanup.push(() => bumper.close());
       let api;
       try {
@@ -351,16 +355,28 @@ async function watch(argv: string[], io: CliIO): Promise<number> {
   });
 }
 
+/** Where bumps go, from the environment alone (bump and demo-api need no WAYMARK_API_URL). */
+function bumperTarget(env: NodeJS.ProcessEnv): { redisUrl: string; channel: string; stream?: string; streamMaxLen?: number } {
+  const rawMax = env.WAYMARK_BUMP_STREAM_MAXLEN?.trim();
+  if (rawMax && !/^[1-9]\d*$/.test(rawMax)) throw new ConfigError('WAYMARK_BUMP_STREAM_MAXLEN', `must be a whole number above 0, got ${JSON.stringify(rawMax)}`);
+  return {
+    redisUrl: env.WAYMARK_REDIS_URL || 'redis://127.0.0.1:6379',
+    channel: env.WAYMARK_BUMP_CHANNEL || 'waymark:bumps',
+    stream: env.WAYMARK_BUMP_STREAM?.trim() || undefined,
+    ...(rawMax ? { streamMaxLen: Number(rawMax) } : {}),
+  };
+}
+
 async function bump(argv: string[], io: CliIO): Promise<number> {
   const { values, positionals } = parse('bump', argv, { id: { type: 'string' } });
   if (values.help) { io.stdout.write(`${HELP.bump}\n`); return 0; }
   if (positionals.length === 0) throw new UsageError(`give one or more paths\n\n${HELP.bump}`);
-  const redisUrl = io.env.WAYMARK_REDIS_URL || 'redis://127.0.0.1:6379';
-  const channel = io.env.WAYMARK_BUMP_CHANNEL || 'waymark:bumps';
-  const bumper = createBumper({ redisUrl, channel });
+  const target = bumperTarget(io.env);
+  const bumper = createBumper(target);
   try {
     const receivers = await bumper.bump(positionals, { id: values.id as string | undefined });
-    io.stderr.write(`waymark bump: published ${positionals.length} path(s) on ${channel}; ${receivers} Waymark subscriber(s) received it\n`);
+    if (target.stream) io.stderr.write(`waymark bump: added ${positionals.length} path(s) to stream ${target.stream}\n`);
+    else io.stderr.write(`waymark bump: published ${positionals.length} path(s) on ${target.channel}; ${receivers} Waymark subscriber(s) received it\n`);
     return 0;
   } finally {
     await bumper.close();
@@ -371,8 +387,7 @@ async function demoApi(argv: string[], io: CliIO): Promise<number> {
   const { values } = parse('demo-api', argv, { host: { type: 'string' }, port: { type: 'string' } });
   if (values.help) { io.stdout.write(`${HELP['demo-api']}\n`); return 0; }
   const { startDemoApi } = await import('../dev/demo-api.js');
-  const redisUrl = io.env.WAYMARK_REDIS_URL || 'redis://127.0.0.1:6379';
-  const bumper = createBumper({ redisUrl, channel: io.env.WAYMARK_BUMP_CHANNEL || 'waymark:bumps' });
+  const bumper = createBumper(bumperTarget(io.env));
   const api = await startDemoApi({
     host: (values.host as string | undefined) ?? '127.0.0.1',
     port: Number((values.port as string | undefined) ?? 8000),

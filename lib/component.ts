@@ -5,7 +5,8 @@ import type { Socket } from 'node:net';
 import autobahn from 'autobahn';
 import { AdminServer } from './admin.js';
 import { BumpEndpoint } from './bump-endpoint.js';
-import { RedisBumpSource, type BumpSource } from './bump-source.js';
+import { RedisBumpSource, RedisStreamBumpSource, type BumpSource, type RedisBumpSourceOptions } from './bump-source.js';
+import { CircuitBreakerFetcher } from './circuit-breaker.js';
 import type { WaymarkConfig } from './config.js';
 import { Dispatcher } from './dispatcher.js';
 import { ConfigError, WaymarkError } from './errors.js';
@@ -73,21 +74,45 @@ export class Waymark {
     this.logger = opts.logger ?? silentLogger();
     this.registry = new WatchRegistry(config.maxWatchesPerSession);
     this.rateLimiter = new SessionRateLimiter(config.rateLimit, config.rateBurst);
-    this.fetcher = opts.fetcher ?? new UndiciFetcher({
+    const http = opts.fetcher ?? new UndiciFetcher({
       apiUrl: config.apiUrl,
       responseHeaders: config.responseHeaders,
       maxBodyBytes: config.maxBodyBytes,
       timeoutMs: config.fetchTimeoutMs,
       connections: config.fetchConcurrency,
     });
-    this.bumpSource = opts.bumpSource ?? new RedisBumpSource({
+    // The breaker sits on the Fetcher seam, so injected fetchers get it too. Every path is
+    // fetched from the one API origin, so there is one circuit.
+    const apiOrigin = new URL(config.apiUrl).origin;
+    this.fetcher = config.breakerFailures > 0
+      ? new CircuitBreakerFetcher(http, {
+        failures: config.breakerFailures,
+        cooldownMs: config.breakerCooldownMs,
+        origin: () => apiOrigin,
+        logger: this.logger.child({ module: 'breaker' }),
+        onState: (origin, state) => {
+          this.metrics.breakerState.set({ origin }, state === 'closed' ? 0 : state === 'open' ? 1 : 2);
+          if (state === 'closed') void this.dispatcher.refetchFailed('recovered');
+        },
+        onHalfOpen: () => this.dispatcher.probeFailed('recovered'),
+        onRejected: () => this.metrics.breakerRejected.inc(),
+      })
+      : http;
+    const source: RedisBumpSourceOptions = {
       redisUrl: config.redisUrl,
       channel: config.bumpChannel,
       maxPathBytes: config.maxPathBytes,
       logger: this.logger.child({ module: 'bump-source' }),
+      reconnectMaxMs: config.redisReconnectMaxMs,
+      probeMs: config.redisProbeMs,
       onState: (up) => this.setRedisState(up),
+      onResync: (reason) => this.resync(reason),
+      onReconnect: () => this.metrics.redisReconnects.inc(),
       onMalformed: () => this.metrics.bumpsMalformed.inc(),
-    });
+    };
+    this.bumpSource = opts.bumpSource ?? (config.bumpStream
+      ? new RedisStreamBumpSource({ ...source, stream: config.bumpStream, reader: config.bumpStreamReader })
+      : new RedisBumpSource(source));
     if (!opts.publisher) this.wampPublisher = new WampPublisher(() => this.session);
     this.dispatcher = new Dispatcher({
       registry: this.registry,
@@ -101,7 +126,10 @@ export class Waymark {
     if (config.bumpSecret) {
       this.bumpEndpoint = new BumpEndpoint({
         secret: config.bumpSecret,
-        bumper: { redisUrl: config.redisUrl, channel: config.bumpChannel },
+        bumper: {
+          redisUrl: config.redisUrl, channel: config.bumpChannel,
+          ...(config.bumpStream ? { stream: config.bumpStream, streamMaxLen: config.bumpStreamMaxLen } : {}),
+        },
         maxPathBytes: config.maxPathBytes,
         logger: this.logger.child({ module: 'bump-endpoint' }),
         onAnswer: (status) => this.metrics.bumpRequests.inc({ status: String(status) }),
@@ -152,7 +180,9 @@ export class Waymark {
     } catch (err) {
       throw new ConfigError('WAYMARK_ADMIN_PORT', `cannot listen on ${this.config.adminHost}:${this.config.adminPort} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
     }
-    this.logger.info('connecting to redis', { url: redactUrl(this.config.redisUrl), channel: this.config.bumpChannel });
+    this.logger.info('connecting to redis', {
+      url: redactUrl(this.config.redisUrl), ...(this.config.bumpStream ? { stream: this.config.bumpStream } : { channel: this.config.bumpChannel }),
+    });
     await this.bumpSource.start((bump) => this.onBump(bump));
     this.setRedisState(true);
     if (this.stopRequested) return;
@@ -212,7 +242,7 @@ export class Waymark {
           if (this.session !== session) return; // lost again meanwhile: the next join sets up
           this.logger.info(rejoin ? 'rejoined router' : 'joined router', { session: session.id });
           if (!settled) { settled = true; resolve(); }
-          if (rejoin) void this.resync(session);
+          if (rejoin) void this.reconcile(session);
         }, (err: unknown) => {
           const message = errorText(err);
           this.logger.error('router setup failed', { error: message });
@@ -277,7 +307,7 @@ export class Waymark {
    * once, so a change bumped while Updates could not be published still arrives (only what
    * differs from the last Update a session received is pushed).
    */
-  private async resync(session: autobahn.Session): Promise<void> {
+  private async reconcile(session: autobahn.Session): Promise<void> {
     // Taken before asking: a session that watched after the answer was made is alive anyway.
     const known = this.registry.sessions();
     let droppedSessions = 0;
@@ -378,6 +408,14 @@ export class Waymark {
     void this.dispatcher.dispatch(bump);
   }
 
+  /** Bumps may have been lost while Redis was away: refetch every watch once, through the cap. */
+  private resync(reason: string): void {
+    if (this.status === 'stopping' || this.status === 'stopped') return;
+    this.metrics.resyncs.inc({ reason });
+    this.logger.info('refetching every watch', { reason, watches: this.registry.size });
+    void this.dispatcher.refetchAll('resync');
+  }
+
   private setRedisState(up: boolean): void {
     this.redisSubscribed = up;
     this.metrics.redisConnected.set(up ? 1 : 0);
@@ -412,7 +450,10 @@ export class Waymark {
         if (s?.isOpen) await within(Promise.allSettled(this.registrations.map((r) => s.unregister(r))), 2_000);
         this.logger.info('unregistered: new calls go to other instances', { inFlight: this.dispatcher.busy });
       }],
-      ['bump source', () => this.bumpSource.stop()],
+      ['bump source', async () => {
+        await this.bumpSource.stop();
+        this.setRedisState(false); // the source reports no state changes once stopped
+      }],
       ['drain', async () => {
         // Queued fetches start only while they can still finish (fetch timeout plus a moment
         // for the publish) before the deadline, so every fetch started is also delivered.

@@ -69,6 +69,20 @@ export interface WaymarkConfig {
    * @default 5000 (WAYMARK_ROUTER_PING_MS)
    */
   routerPingMs: number;
+  /** longest pause between Redis reconnect attempts. @default 5000 (WAYMARK_REDIS_RECONNECT_MAX_MS) */
+  redisReconnectMaxMs: number;
+  /** how often a probe checks that bumps still arrive; 0 turns it off. @default 5000 (WAYMARK_REDIS_PROBE_MS) */
+  redisProbeMs: number;
+  /** read bumps from this Redis Stream instead of the channel; unset: pub/sub (WAYMARK_BUMP_STREAM) */
+  bumpStream?: string;
+  /** approximate length `waymark bump` and createBumper trim the stream to. @default 100000 (WAYMARK_BUMP_STREAM_MAXLEN) */
+  bumpStreamMaxLen: number;
+  /** name under which this instance saves its stream position. @default 'default' (WAYMARK_BUMP_STREAM_READER) */
+  bumpStreamReader: string;
+  /** consecutive API failures that open the circuit breaker; 0 turns it off. @default 5 (WAYMARK_BREAKER_FAILURES) */
+  breakerFailures: number;
+  /** how long an open breaker fails fast before one probe request. @default 5000 (WAYMARK_BREAKER_COOLDOWN_MS) */
+  breakerCooldownMs: number;
 }
 
 export const DEFAULTS = {
@@ -95,6 +109,12 @@ export const DEFAULTS = {
   rateBurst: 100,
   shutdownTimeoutMs: 10000,
   routerPingMs: 5000,
+  redisReconnectMaxMs: 5000,
+  redisProbeMs: 5000,
+  bumpStreamMaxLen: 100000,
+  bumpStreamReader: 'default',
+  breakerFailures: 5,
+  breakerCooldownMs: 5000,
 } satisfies Omit<WaymarkConfig, 'apiUrl'>;
 
 const LOG_LEVELS = ['error', 'warn', 'info', 'http', 'verbose', 'debug', 'silly'];
@@ -166,6 +186,11 @@ export function loadConfig(env: Env): WaymarkConfig {
     bad('WAYMARK_REDIS_URL', 'must be a redis:// or rediss:// URL');
   }
   const bumpChannel = str('WAYMARK_BUMP_CHANNEL', DEFAULTS.bumpChannel);
+  const bumpStream = env.WAYMARK_BUMP_STREAM?.trim() || undefined;
+  const bumpStreamReader = str('WAYMARK_BUMP_STREAM_READER', DEFAULTS.bumpStreamReader);
+  if (!/^[A-Za-z0-9._:-]{1,100}$/.test(bumpStreamReader)) {
+    bad('WAYMARK_BUMP_STREAM_READER', `must be 1-100 letters, digits or . _ : -, got ${JSON.stringify(bumpStreamReader)}`);
+  }
 
   let apiUrl = '';
   const rawApi = env.WAYMARK_API_URL?.trim();
@@ -233,6 +258,13 @@ export function loadConfig(env: Env): WaymarkConfig {
     rateBurst: int('WAYMARK_RATE_BURST', DEFAULTS.rateBurst, 1, 1_000_000),
     shutdownTimeoutMs: int('WAYMARK_SHUTDOWN_TIMEOUT_MS', DEFAULTS.shutdownTimeoutMs, 0, 600000),
     routerPingMs: int('WAYMARK_ROUTER_PING_MS', DEFAULTS.routerPingMs, 100, 600000),
+    redisReconnectMaxMs: int('WAYMARK_REDIS_RECONNECT_MAX_MS', DEFAULTS.redisReconnectMaxMs, 10, 600000),
+    redisProbeMs: int('WAYMARK_REDIS_PROBE_MS', DEFAULTS.redisProbeMs, 0, 600000),
+    bumpStream,
+    bumpStreamMaxLen: int('WAYMARK_BUMP_STREAM_MAXLEN', DEFAULTS.bumpStreamMaxLen, 1, 1_000_000_000),
+    bumpStreamReader,
+    breakerFailures: int('WAYMARK_BREAKER_FAILURES', DEFAULTS.breakerFailures, 0, 1_000_000),
+    breakerCooldownMs: int('WAYMARK_BREAKER_COOLDOWN_MS', DEFAULTS.breakerCooldownMs, 1, 600000),
   };
   if (problems.length > 0) {
     throw new ConfigError(problems[0][0], problems.map(([n, m], i) => (i === 0 ? m : `${n}: ${m}`)).join('; '));

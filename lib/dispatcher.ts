@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { isFailure } from './circuit-breaker.js';
 import type { Fetcher } from './fetcher.js';
 import type { Logger } from './logger.js';
 import { Metrics } from './metrics.js';
@@ -69,6 +70,8 @@ function bodyHash(result: FetchResult): string {
  */
 export class Dispatcher {
   private readonly groups = new Map<string, Group>();
+  /** groups whose last fetch failed (no response or 5xx): refetched when the API is back */
+  private readonly failed = new Set<string>();
   /** queued groups per path, and the round-robin ring of paths that have some */
   private readonly queues = new Map<string, Group[]>();
   private ring: string[] = [];
@@ -81,9 +84,13 @@ export class Dispatcher {
   private closed = false;
   private pauseTimer?: NodeJS.Timeout;
   private readonly work = new Set<Promise<void>>();
-  private idleWaiters: Array<() => void> = [];
   /** a router outage fails every publish: a few lines, not one per watch */
   private readonly publishWarnings: RateLimitedLog;
+  /**
+   * One promise shared by every caller waiting for idle: a bump per call under a hung API must
+   * not pile up one waiter each (the component calls dispatch() for every bump).
+   */
+  private idle?: { promise: Promise<void>; resolve: () => void };
 
   constructor(private readonly opts: DispatcherOptions) {
     this.publishWarnings = new RateLimitedLog(opts.logger);
@@ -128,6 +135,39 @@ export class Dispatcher {
     return this.settled();
   }
 
+  /**
+   * Refetch every group whose last fetch failed (after the API's circuit closed), so no watch
+   * is left showing an error the API no longer gives. Publishes only what changed.
+   */
+  refetchFailed(reason: string): Promise<void> {
+    for (const key of [...this.failed]) {
+      const g = this.groups.get(key);
+      if (g && this.liveWatches(g).length > 0) this.schedule(g.path, g.credKey, { reason, bump: null });
+      else this.forgetFailed(key);
+    }
+    return this.settled();
+  }
+
+  /** Refetch one failed group (a half-open circuit's probe); false when there is none. */
+  probeFailed(reason: string): boolean {
+    for (const key of [...this.failed]) {
+      const g = this.groups.get(key);
+      if (g && this.liveWatches(g).length > 0) {
+        this.schedule(g.path, g.credKey, { reason, bump: null });
+        return true;
+      }
+      this.forgetFailed(key);
+    }
+    return false;
+  }
+
+  /** A failed group whose watches are gone: forget it (unless it is queued or running). */
+  private forgetFailed(key: string): void {
+    this.failed.delete(key);
+    const g = this.groups.get(key);
+    if (g?.state === 'idle' && !this.opts.registry.group(g.path, g.credKey)) this.groups.delete(key);
+  }
+
   /** A first fetch for `waymark.watch` with `snapshot: true`; it jumps the queue and counts as sent. */
   async snapshot(watch: Watch): Promise<Update> {
     await this.acquireForSnapshot();
@@ -139,6 +179,14 @@ export class Dispatcher {
     }
     watch.lastSent = { status: result.status, bodyHash: bodyHash(result) };
     if (CREDENTIALS_REJECTED.has(result.status)) watch.suspended = true;
+    // A failed snapshot is refetched with the failed groups once the API answers again.
+    const key = `${watch.credKey}\0${watch.path}`;
+    if (isFailure(result)) {
+      if (!this.groups.has(key)) this.groups.set(key, { key, path: watch.path, credKey: watch.credKey, state: 'idle', next: null, retried: false });
+      this.failed.add(key);
+    } else {
+      this.failed.delete(key);
+    }
     return toUpdate(watch, result, null);
   }
 
@@ -176,7 +224,12 @@ export class Dispatcher {
   /** Resolves when nothing is queued, fetching or publishing. */
   settled(): Promise<void> {
     if (this.busy === 0) return Promise.resolve();
-    return new Promise((resolve) => this.idleWaiters.push(resolve));
+    if (!this.idle) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((r) => { resolve = r; });
+      this.idle = { promise, resolve };
+    }
+    return this.idle.promise;
   }
 
   private schedule(path: string, credKey: string, trigger: Trigger): void {
@@ -268,10 +321,10 @@ export class Dispatcher {
   }
 
   private checkIdle(): void {
-    if (this.busy > 0 || this.idleWaiters.length === 0) return;
-    const waiters = this.idleWaiters;
-    this.idleWaiters = [];
-    for (const w of waiters) w();
+    if (this.busy > 0 || !this.idle) return;
+    const idle = this.idle;
+    this.idle = undefined;
+    idle.resolve();
   }
 
   private async fetch(path: string, headers: Watch['headers'], reason: string, validators?: Validators): Promise<FetchResult> {
@@ -298,6 +351,8 @@ export class Dispatcher {
       const v = g.validators;
       const revalidate = v && watches.every((w) => w.lastSent?.bodyHash === v.bodyHash && w.lastSent.status === v.status);
       const result = await this.fetch(g.path, watches[0].headers, trigger.reason, revalidate ? v : undefined);
+      if (isFailure(result)) this.failed.add(g.key);
+      else this.failed.delete(g.key);
       if (BACK_OFF.has(result.status) && result.retryAfterMs !== undefined && !g.retried) {
         const ms = Math.min(result.retryAfterMs, this.opts.maxRetryAfterMs ?? 60_000);
         this.pausedUntil = Math.max(this.pausedUntil, Date.now() + ms);
@@ -319,7 +374,10 @@ export class Dispatcher {
       this.pump();
     } else {
       g.state = 'idle';
-      if (!this.opts.registry.group(g.path, g.credKey)) this.groups.delete(g.key);
+      if (!this.opts.registry.group(g.path, g.credKey)) {
+        this.groups.delete(g.key);
+        this.failed.delete(g.key);
+      }
     }
   }
 

@@ -27,6 +27,10 @@ export class Metrics {
   readonly routerJoins = new Counter({ name: 'waymark_router_joins_total', help: 'Sessions joined on the router, the first one included', registers: [this.registry] });
   readonly sessionsReconciled = new Counter({ name: 'waymark_sessions_reconciled_total', help: 'Sessions whose watches were dropped after a rejoin because they left while Waymark was disconnected', registers: [this.registry] });
   readonly redisConnected = new Gauge({ name: 'waymark_redis_subscribed', help: '1 while subscribed to the bump channel', registers: [this.registry] });
+  readonly redisReconnects = new Counter({ name: 'waymark_redis_reconnects_total', help: 'Redis reconnect attempts', registers: [this.registry] });
+  readonly resyncs = new Counter({ name: 'waymark_resyncs_total', help: 'Refetches of every watch because bumps may have been lost', labelNames: ['reason'], registers: [this.registry] });
+  readonly breakerState = new Gauge({ name: 'waymark_api_breaker_state', help: 'API circuit breaker: 0 closed, 1 open, 2 half-open', labelNames: ['origin'], registers: [this.registry] });
+  readonly breakerRejected = new Counter({ name: 'waymark_fetches_rejected_total', help: 'Fetches failed fast by an open circuit breaker', registers: [this.registry] });
 
   constructor() {
     // Every status class exists from the start at 0, so rate() and alerts on e.g. 5xx work

@@ -96,6 +96,27 @@ describe('command line', function () {
     expect(p.stderr).to.include('Redis is not reachable at redis://127.0.0.1:1').and.include('redis-server');
   });
 
+  it('bump writes to the stream in stream mode (XADD with MAXLEN ~), and names a bad WAYMARK_BUMP_STREAM_MAXLEN', async function () {
+    const stream = randomChannel();
+    const { Redis } = await import('ioredis');
+    const redis = new Redis(testEnv.redisUrl);
+    try {
+      const env = cleanEnv({ WAYMARK_REDIS_URL: testEnv.redisUrl, WAYMARK_BUMP_STREAM: stream, WAYMARK_BUMP_STREAM_MAXLEN: '50' });
+      const p = run(['bump', '/users/1', '--id', 'b7'], env);
+      expect(await p.exited).to.equal(0);
+      expect(p.stderr).to.include(`added 1 path(s) to stream ${stream}`);
+      const entries = await redis.xrange(stream, '-', '+');
+      expect(entries).to.have.length(1);
+      expect(entries[0][1]).to.deep.equal(['bump', '{"path":"/users/1","id":"b7"}']);
+      const bad = run(['bump', '/users/1'], cleanEnv({ ...env, WAYMARK_BUMP_STREAM_MAXLEN: 'lots' }));
+      expect(await bad.exited).to.equal(2);
+      expect(bad.stderr).to.include('WAYMARK_BUMP_STREAM_MAXLEN');
+    } finally {
+      await redis.del(stream);
+      await redis.quit();
+    }
+  });
+
   it('dev + watch + bump: a round trip as a newcomer runs it', async function () {
     this.timeout(40_000);
     const port = await freePort();

@@ -47,7 +47,22 @@ describe('config', function () {
     ['WAYMARK_RESPONSE_HEADERS', { WAYMARK_RESPONSE_HEADERS: 'etag,set-cookie' }],
     ['WAYMARK_MAX_WATCHES_PER_SESSION', { WAYMARK_MAX_WATCHES_PER_SESSION: '-1' }],
     ['WAYMARK_ROUTER_PING_MS', { WAYMARK_ROUTER_PING_MS: '50' }],
+    ['WAYMARK_REDIS_PROBE_MS', { WAYMARK_REDIS_PROBE_MS: 'often' }],
+    ['WAYMARK_REDIS_RECONNECT_MAX_MS', { WAYMARK_REDIS_RECONNECT_MAX_MS: '0' }],
+    ['WAYMARK_BUMP_STREAM_MAXLEN', { WAYMARK_BUMP_STREAM_MAXLEN: '0' }],
+    ['WAYMARK_BUMP_STREAM_READER', { WAYMARK_BUMP_STREAM_READER: 'a b' }],
+    ['WAYMARK_BREAKER_FAILURES', { WAYMARK_BREAKER_FAILURES: '-2' }],
+    ['WAYMARK_BREAKER_COOLDOWN_MS', { WAYMARK_BREAKER_COOLDOWN_MS: '0' }],
   ];
+  it('applies the reliability defaults: pub/sub, probes every 5 s, backoff capped at 5 s, breaker after 5 failures', function () {
+    const c = loadConfig({ WAYMARK_API_URL: 'http://api' });
+    expect(c).to.include({
+      redisProbeMs: 5000, redisReconnectMaxMs: 5000, bumpStream: undefined, bumpStreamMaxLen: 100000, bumpStreamReader: 'default',
+      breakerFailures: 5, breakerCooldownMs: 5000,
+    });
+    expect(loadConfig({ WAYMARK_API_URL: 'http://api', WAYMARK_BUMP_STREAM: 'bumps', WAYMARK_REDIS_PROBE_MS: '0' }))
+      .to.include({ bumpStream: 'bumps', redisProbeMs: 0 });
+  });
   for (const [setting, env] of bad) {
     it(`names ${setting} for ${JSON.stringify(env)}`, function () {
       const err = configError({ WAYMARK_API_URL: 'http://api:8000', ...env });

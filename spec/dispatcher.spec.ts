@@ -115,6 +115,24 @@ describe('dispatcher', function () {
     expect(fetcher.maxActive).to.equal(3);
   });
 
+  it('refetchAll (after an outage) refetches every group once under the cap and publishes only what changed', async function () {
+    make({ concurrency: 2 });
+    fetcher.delayMs = 2;
+    for (let s = 0; s < 6; s++) for (const p of ['/a', '/b']) registry.upsert(s, p, { authorization: `Bearer ${s % 3}` });
+    await dispatcher.dispatch(bump('/a', '/b'));
+    expect(fetcher.requests).to.have.length(6); // 2 paths x 3 credentials
+    expect(publisher.published).to.have.length(12);
+    await dispatcher.refetchAll('resync');
+    expect(fetcher.requests).to.have.length(12);
+    expect(fetcher.requests.slice(6).every((r) => r.reason === 'resync')).to.equal(true);
+    expect(publisher.published).to.have.length(12); // nothing changed: nothing pushed
+    fetcher.body = 'v2';
+    await dispatcher.refetchAll('resync');
+    expect(publisher.published).to.have.length(24);
+    expect(publisher.published.slice(12).every((p) => p.update.bump === null)).to.equal(true);
+    expect(fetcher.maxActive).to.equal(2);
+  });
+
   it('skips watches removed while they waited for a slot, and drops results of removed watches', async function () {
     make({ concurrency: 1 });
     fetcher.delayMs = 20;

@@ -1,0 +1,113 @@
+import type { Fetcher } from './fetcher.js';
+import type { Logger } from './logger.js';
+import type { FetchRequest, FetchResult } from './types.js';
+
+export type BreakerState = 'closed' | 'open' | 'half-open';
+
+export interface CircuitBreakerOptions {
+  /** consecutive failures that open the circuit */
+  failures: number;
+  /** how long an open circuit fails fast before letting one probe request through */
+  cooldownMs: number;
+  /** the circuit a request belongs to */
+  origin: (req: FetchRequest) => string;
+  logger: Logger;
+  onState?: (origin: string, state: BreakerState) => void;
+  /** the circuit half-opened: the owner may send a probe request (a fetch that failed before) */
+  onHalfOpen?: (origin: string) => void;
+  onRejected?: () => void;
+}
+
+/** What the breaker counts against an origin: no response at all, or a 5xx. */
+export function isFailure(r: FetchResult): boolean {
+  return r.status === 0 ? r.error?.code !== 'too_large' : r.status >= 500;
+}
+
+interface Circuit {
+  state: BreakerState;
+  failures: number;
+  /** a half-open circuit lets exactly one request through */
+  probing: boolean;
+  timer?: NodeJS.Timeout;
+}
+
+/**
+ * A per-origin circuit breaker on the Fetcher seam. After `failures` consecutive failures it
+ * opens: fetches fail fast with `status: 0, error.code: "unreachable"` (the contract's code for
+ * "no response") without touching the API, so a dead or hung API is not hammered and fetch slots
+ * are not held for a timeout each. After `cooldownMs` it half-opens: one request goes through
+ * (the owner sends one via `onHalfOpen`); success closes it (the owner then refetches what
+ * failed), failure opens it for another cool-down.
+ */
+export class CircuitBreakerFetcher implements Fetcher {
+  private readonly circuits = new Map<string, Circuit>();
+  private closed = false;
+
+  constructor(private readonly inner: Fetcher, private readonly opts: CircuitBreakerOptions) {}
+
+  /** The state of an origin's circuit (closed when never seen). */
+  state(origin: string): BreakerState {
+    return this.circuits.get(origin)?.state ?? 'closed';
+  }
+
+  async fetch(req: FetchRequest, signal?: AbortSignal): Promise<FetchResult> {
+    const origin = this.opts.origin(req);
+    let c = this.circuits.get(origin);
+    if (!c) this.circuits.set(origin, (c = { state: 'closed', failures: 0, probing: false }));
+    if (c.state === 'open' || (c.state === 'half-open' && c.probing)) {
+      this.opts.onRejected?.();
+      return {
+        status: 0, headers: {}, body: '', encoding: 'utf8', fetchedAt: Date.now(),
+        error: { code: 'unreachable', message: `the API is unavailable (${c.failures} consecutive failures); retrying shortly` },
+      };
+    }
+    const probe = c.state === 'half-open';
+    if (probe) c.probing = true;
+    let result: FetchResult;
+    try {
+      result = await this.inner.fetch(req, signal);
+    } finally {
+      if (probe) c.probing = false;
+    }
+    if (isFailure(result)) this.failure(origin, c, result);
+    else this.success(origin, c);
+    return result;
+  }
+
+  private failure(origin: string, c: Circuit, r: FetchResult): void {
+    c.failures += 1;
+    if (c.state === 'half-open' || (c.state === 'closed' && c.failures >= this.opts.failures)) {
+      this.set(origin, c, 'open', { failures: c.failures, status: r.status, code: r.error?.code, cooldownMs: this.opts.cooldownMs });
+      clearTimeout(c.timer);
+      c.timer = setTimeout(() => {
+        c.timer = undefined;
+        if (this.closed || c.state !== 'open') return;
+        this.set(origin, c, 'half-open', {});
+        this.opts.onHalfOpen?.(origin);
+      }, this.opts.cooldownMs);
+      c.timer.unref();
+    }
+  }
+
+  private success(origin: string, c: Circuit): void {
+    c.failures = 0;
+    if (c.state === 'closed') return;
+    clearTimeout(c.timer);
+    c.timer = undefined;
+    this.set(origin, c, 'closed', {});
+  }
+
+  private set(origin: string, c: Circuit, state: BreakerState, meta: Record<string, unknown>): void {
+    c.state = state;
+    const message = state === 'open' ? 'API circuit open: failing fast' : state === 'half-open' ? 'API circuit half-open: probing' : 'API circuit closed: the API answers again';
+    if (state === 'open') this.opts.logger.warn(message, { origin, ...meta });
+    else this.opts.logger.info(message, { origin, ...meta });
+    this.opts.onState?.(origin, state);
+  }
+
+  close(): Promise<void> {
+    this.closed = true;
+    for (const c of this.circuits.values()) clearTimeout(c.timer);
+    return this.inner.close();
+  }
+}
