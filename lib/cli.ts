@@ -169,11 +169,22 @@ function untilSignal(stop: () => Promise<void>, logger: Logger, hardMs: number):
   });
 }
 
+/**
+ * autobahn writes every closed connection straight to console.warn; in a long-running process
+ * those lines belong in the structured log (at debug: reconnects are logged by the component).
+ */
+function routeAutobahnWarnings(logger: Logger): void {
+  (autobahn as unknown as { log: { warn: (...args: unknown[]) => void } }).log.warn = (...args: unknown[]) => {
+    logger.debug('autobahn', { message: args.map((a) => (typeof a === 'string' ? a : JSON.stringify(a))).join(' ') });
+  };
+}
+
 async function serve(argv: string[], io: CliIO): Promise<number> {
   const { values } = parse('serve', argv, {});
   if (values.help) { io.stdout.write(`${HELP.serve}\n`); return 0; }
   const config = loadConfig(io.env);
   const logger = createLogger({ level: config.logLevel, format: config.logFormat, stream: io.stderr });
+  routeAutobahnWarnings(logger);
   const waymark = createWaymark(config, { logger: logger.child({ module: 'component' }) });
   const stopped = untilSignal(() => waymark.stop(), logger, config.shutdownTimeoutMs + 5_000);
   try {
@@ -221,6 +232,7 @@ async function dev(argv: string[], io: CliIO): Promise<number> {
     return 1;
   }
   const logger = createLogger({ level: preliminary.logLevel, format: preliminary.logFormat, stream: io.stderr });
+  routeAutobahnWarnings(logger);
   let devRouter: typeof import('../dev/router.js');
   let demo: typeof import('../dev/demo-api.js');
   try {
