@@ -9,7 +9,7 @@ import { UndiciFetcher, type Fetcher } from './fetcher.js';
 import { silentLogger, type Logger } from './logger.js';
 import { Metrics } from './metrics.js';
 import { WampPublisher, type Publisher } from './publisher.js';
-import type { Bump, WatchResult } from './types.js';
+import type { Bump, ForwardHeaders, WatchResult } from './types.js';
 import { authorize } from './authorizer.js';
 import { SessionRateLimiter } from './rate-limiter.js';
 import {
@@ -17,7 +17,9 @@ import {
   WAMP_SUBPROTOCOLS,
 } from './uris.js';
 import { callerOf, parseCredentials, parseWatchArgs, resolveApiUrl } from './validation.js';
-import { WatchRegistry } from './watch-registry.js';
+import { watchId, WatchRegistry } from './watch-registry.js';
+import { Instances } from './instances.js';
+import { RedisWatchIndex, type WatchIndex } from './watch-index.js';
 
 export interface WaymarkOptions {
   logger?: Logger;
@@ -25,6 +27,8 @@ export interface WaymarkOptions {
   fetcher?: Fetcher;
   bumpSource?: BumpSource;
   publisher?: Publisher;
+  /** what several instances share; the default is Redis at the config's URL */
+  watchIndex?: WatchIndex;
 }
 
 type Status = 'idle' | 'starting' | 'running' | 'stopping' | 'stopped';
@@ -44,6 +48,7 @@ export class Waymark {
   private readonly dispatcher: Dispatcher;
   private readonly admin?: AdminServer;
   private readonly rateLimiter: SessionRateLimiter;
+  private readonly instances: Instances;
   private connection?: autobahn.Connection;
   private session?: autobahn.Session;
   private registrations: autobahn.IRegistration[] = [];
@@ -79,6 +84,22 @@ export class Waymark {
       concurrency: config.fetchConcurrency,
       pushUnchanged: config.pushUnchanged,
       metrics: this.metrics,
+    });
+    const index = opts.watchIndex ?? new RedisWatchIndex({
+      redisUrl: config.redisUrl,
+      // instances that share a bump channel are one service; their keys live under its name
+      prefix: config.bumpChannel,
+      ttlSeconds: INDEX_TTL_SECONDS,
+    });
+    this.instances = new Instances({
+      instance: this.instance,
+      service: config.bumpChannel,
+      index,
+      registry: this.registry,
+      maxPerSession: config.maxWatchesPerSession,
+      logger: this.logger.child({ module: 'instances' }),
+      session: () => this.session,
+      applyRefresh: (session, headers) => this.applyRefresh(session, headers),
     });
     if (config.adminPort !== 0) {
       this.admin = new AdminServer(config.adminHost, config.adminPort, {
@@ -127,6 +148,7 @@ export class Waymark {
     this.logger.info('connecting to redis', { url: redactUrl(this.config.redisUrl), channel: this.config.bumpChannel });
     await this.bumpSource.start((bump) => this.onBump(bump));
     this.setRedisState(true);
+    await this.instances.start((INDEX_TTL_SECONDS * 1000) / 3);
     this.logger.info('joining router', { url: this.config.routerUrl, realm: this.config.realm, authid: this.config.routerAuthid ?? '(anonymous)' });
     await this.connect();
     this.status = 'running';
@@ -198,6 +220,7 @@ export class Waymark {
       }, shared),
     ]);
     await session.subscribe(META_ON_LEAVE, (args) => this.onSessionLeft(args?.[0]));
+    await this.instances.join(session);
     // Tell browsers an instance (re)joined: clients re-watch, so nothing a restart lost stays lost.
     await session.publish(ANNOUNCE_TOPIC, [{ event: 'started', instance: this.instance }], {}, { acknowledge: true });
   }
@@ -220,25 +243,36 @@ export class Waymark {
   private async watch(session: number, args: unknown[] | undefined, kwargs: unknown): Promise<WatchResult> {
     const { path, headers, snapshot } = parseWatchArgs(args, kwargs as Record<string, unknown>, this.config);
     resolveApiUrl(this.config.apiUrl, path);
+    // Ownership and the limit are shared by all instances (contract section 7).
+    const { adopted } = await this.instances.admit(session, watchId(session, path));
     const { watch, created, credentialsChanged, resumed } = this.registry.upsert(session, path, headers);
     this.logger.info(created ? 'watch added' : 'watch renewed', {
       session, watch: watch.id, path, cred: watch.credKey, ...(credentialsChanged ? { credentialsChanged, resumed } : {}),
+      ...(adopted ? { adopted } : {}),
     });
+    this.instances.claimed(session, watch.id);
     const result: WatchResult = { watch: watch.id, path, topic: sessionTopic(session) };
     if (snapshot) result.snapshot = await this.dispatcher.snapshot(watch);
-    // A resumed watch may have missed changes while suspended: catch up once.
-    else if (resumed) void this.dispatcher.refetch(watch, 'refresh');
+    // A resumed watch, or one adopted from an instance that died, may have missed changes: catch up once.
+    else if (resumed || adopted) void this.dispatcher.refetch(watch, 'refresh');
     return result;
   }
 
   /** `waymark.refresh({token?, headers?})`: new credentials for all the caller's watches. */
-  private refresh(session: number, args: unknown[] | undefined, kwargs: unknown): { updated: number } {
+  private async refresh(session: number, args: unknown[] | undefined, kwargs: unknown): Promise<{ updated: number }> {
     const positional = args?.[0];
     if (positional !== undefined && positional !== null && (typeof positional !== 'object' || Array.isArray(positional))) {
       throw new WaymarkError('invalid_argument', 'refresh takes an object: { token?, headers? }');
     }
     const options = { ...(positional as Record<string, unknown> | undefined), ...(kwargs as Record<string, unknown> | undefined) };
     const headers = parseCredentials(options, this.config);
+    const local = this.applyRefresh(session, headers);
+    // The other instances apply the same credentials to the watches they own.
+    return { updated: await this.instances.refresh(session, headers, local) };
+  }
+
+  /** New credentials for this instance's watches of a session; returns how many it holds. */
+  private applyRefresh(session: number, headers: ForwardHeaders): number {
     const watches = this.registry.forSession(session);
     let resumed = 0;
     for (const watch of watches) {
@@ -247,16 +281,19 @@ export class Waymark {
         void this.dispatcher.refetch(watch, 'refresh');
       }
     }
-    this.logger.info('credentials refreshed', { session, updated: watches.length, resumed });
-    return { updated: watches.length };
+    if (watches.length > 0) this.logger.info('credentials refreshed', { session, updated: watches.length, resumed });
+    return watches.length;
   }
 
-  private unwatch(session: number, args: unknown[] | undefined, kwargs: unknown): { removed: number } {
+  private async unwatch(session: number, args: unknown[] | undefined, kwargs: unknown): Promise<{ removed: number }> {
     const target = args?.[0] ?? (kwargs as { watch?: unknown } | undefined)?.watch;
     if (typeof target !== 'string' || target.length === 0) {
       throw new WaymarkError('invalid_argument', 'unwatch needs a watch id or a path');
     }
-    const removed = this.registry.remove(session, target);
+    const local = this.registry.remove(session, target);
+    const id = target.startsWith('/') ? watchId(session, target) : target;
+    // The watch may live on another instance: the shared index knows whether it existed.
+    const removed = await this.instances.unwatch(session, id, local);
     this.logger.info('unwatch', { session, removed });
     return { removed };
   }
@@ -265,6 +302,7 @@ export class Waymark {
     if (typeof id !== 'number') return;
     const dropped = this.registry.dropSession(id);
     this.rateLimiter.forget(id);
+    void this.instances.sessionLeft(id);
     if (dropped > 0) this.logger.info('session left, watches dropped', { session: id, dropped });
   }
 
@@ -304,6 +342,7 @@ export class Waymark {
         else if (c) c.close();
       }],
       ['fetcher', () => this.fetcher.close()],
+      ['watch index', () => this.instances.stop()],
       ['admin', async () => this.admin?.stop()],
     ];
     for (const [name, step] of steps) {
@@ -317,6 +356,9 @@ export class Waymark {
     this.logger.info('waymark stopped');
   }
 }
+
+/** Seconds a session's entries stay in the shared index without a touch from their owner. */
+const INDEX_TTL_SECONDS = 86_400;
 
 function errorText(err: unknown): string {
   if (err instanceof autobahn.Error) return `${err.error}${err.args?.[0] ? `: ${String(err.args[0])}` : ''}`;
