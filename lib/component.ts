@@ -181,7 +181,7 @@ export class Waymark {
         this.session = session;
         this.metrics.routerConnected.set(1);
         this.setup(session).then(() => {
-          this.logger.info('joined router', { session: session.id });
+          this.logger.info('joined router', { session: session.id, instance: this.instance });
           if (!settled) { settled = true; resolve(); }
         }, (err: unknown) => {
           const message = errorText(err);
@@ -253,7 +253,7 @@ export class Waymark {
     this.instances.claimed(session, watch.id);
     const result: WatchResult = { watch: watch.id, path, topic: sessionTopic(session) };
     if (snapshot) result.snapshot = await this.dispatcher.snapshot(watch);
-    // A resumed watch, or one adopted from an instance that died, may have missed changes: catch up once.
+    // A resumed watch, or one adopted from another instance, may have missed changes: catch up once.
     else if (resumed || adopted) void this.dispatcher.refetch(watch, 'refresh');
     return result;
   }
@@ -294,7 +294,7 @@ export class Waymark {
     const id = target.startsWith('/') ? watchId(session, target) : target;
     // The watch may live on another instance: the shared index knows whether it existed.
     const removed = await this.instances.unwatch(session, id, local);
-    this.logger.info('unwatch', { session, removed });
+    this.logger.info('unwatch', { session, watch: id, removed });
     return { removed };
   }
 

@@ -41,8 +41,8 @@ interface Envelope {
  * - `unwatch` removes the id from the index (that answers `removed`) and tells the owner;
  *   `refresh` sends the credentials to every instance over the router, never through Redis;
  * - when an instance's WAMP session leaves, a survivor announces `{event: 'resync'}` on
- *   `waymark.announce`, clients re-watch, and whoever serves a watch of the dead instance adopts
- *   it and refetches it once, so nothing that changed meanwhile stays stale.
+ *   `waymark.announce`, clients re-watch, and whoever serves a watch that was owned elsewhere
+ *   adopts it and refetches it once, so nothing that changed meanwhile stays stale.
  * While Redis is unreachable the index is skipped (limits count per instance) rather than
  * refusing watches; the WAMP side keeps working.
  */
@@ -103,8 +103,8 @@ export class Instances {
 
   /**
    * Before `waymark.watch` accepts (session, id): take ownership in the index, enforcing the
-   * per-session limit across instances. `adopted` means the former owner is gone, so the watch
-   * may have missed bumps and should be refetched.
+   * per-session limit across instances. `adopted` means the watch moved here from another
+   * instance (dead, or alive and about to drop it), so it may have missed a bump: refetch it.
    */
   async admit(session: SessionId, id: string): Promise<{ adopted: boolean }> {
     let previous: string | null;
@@ -119,7 +119,9 @@ export class Instances {
       this.warn.warn('index', 'shared watch index unavailable; limits count on this instance only', { error: String(err) });
       return { adopted: false };
     }
-    return { adopted: previous !== null && previous !== this.opts.instance && !this.peers.has(previous) };
+    // Refetch even when the former owner lives: it drops the watch on our claim, possibly with
+    // a bump's fetch still in flight whose Update it then no longer delivers.
+    return { adopted: previous !== null && previous !== this.opts.instance };
   }
 
   /** After `waymark.watch` accepted: every other instance drops its copy. */

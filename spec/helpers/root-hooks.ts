@@ -7,7 +7,7 @@ process.on('unhandledRejection', (err) => { throw err; });
 // autobahn reports every closed connection on console.warn; hundreds of those hide real output.
 const warn = console.warn.bind(console);
 console.warn = (...args: unknown[]) => {
-  if (typeof args[0] === 'string' && /^connection closed|^Auto-reconnect/.test(args[0])) return;
+  if (typeof args[0] === 'string' && /^connection closed|^auto-reconnect/i.test(args[0])) return;
   warn(...args);
 };
 
