@@ -97,6 +97,7 @@ export class Waymark {
       index,
       registry: this.registry,
       maxPerSession: config.maxWatchesPerSession,
+      rate: { perSecond: config.rateLimit, burst: config.rateBurst },
       logger: this.logger.child({ module: 'instances' }),
       session: () => this.session,
       applyRefresh: (session, headers) => this.applyRefresh(session, headers),
@@ -229,7 +230,7 @@ export class Waymark {
   private async rpc<T>(details: unknown, fn: (caller: number) => Promise<T> | T): Promise<T> {
     try {
       const caller = callerOf(details);
-      if (!this.rateLimiter.take(caller)) {
+      if (!(await this.instances.allowCall(caller, () => this.rateLimiter.take(caller)))) {
         throw new WaymarkError('rate_limited', `more than ${this.config.rateLimit} calls per second (burst ${this.config.rateBurst}); slow down`);
       }
       return await fn(caller);

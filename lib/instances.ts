@@ -17,6 +17,8 @@ export interface InstancesOptions {
   index: WatchIndex;
   registry: WatchRegistry;
   maxPerSession: number;
+  /** the per-session call rate: calls per second and burst */
+  rate: { perSecond: number; burst: number };
   logger: Logger;
   /** the component's WAMP session while joined */
   session: () => autobahn.Session | undefined;
@@ -92,6 +94,7 @@ export class Instances {
       for (const [instance, wampSession] of await this.opts.index.instances()) {
         if (instance !== this.opts.instance) this.peers.set(instance, wampSession);
       }
+      await this.pruneGone(session);
       // Back after a lost router connection: survivors may have adopted some of our watches.
       if (this.joins > 0) await this.dropDisowned();
     } catch (err) {
@@ -122,6 +125,21 @@ export class Instances {
     // Refetch even when the former owner lives: it drops the watch on our claim, possibly with
     // a bump's fetch still in flight whose Update it then no longer delivers.
     return { adopted: previous !== null && previous !== this.opts.instance };
+  }
+
+  /**
+   * The per-session rate limit. Alone, the instance's own bucket is exact and costs nothing; with
+   * peers, round robin spreads a session's calls over them, so the bucket is shared in Redis
+   * (falling back to the local one while Redis is unreachable).
+   */
+  async allowCall(session: SessionId, local: () => boolean): Promise<boolean> {
+    if (this.peers.size === 0) return local();
+    try {
+      return await this.opts.index.take(session, this.opts.rate.perSecond, this.opts.rate.burst);
+    } catch (err) {
+      this.warn.warn('index', 'shared watch index unavailable; rate limits count on this instance only', { error: String(err) });
+      return local();
+    }
   }
 
   /** After `waymark.watch` accepted: every other instance drops its copy. */
@@ -208,6 +226,22 @@ export class Instances {
     const headers: Record<string, string> = {};
     for (const [k, v] of Object.entries(e.headers as Record<string, unknown>)) if (typeof v === 'string') headers[k] = v;
     this.opts.applyRefresh(e.session, headers);
+  }
+
+  /**
+   * Forget recorded instances whose WAMP session no longer exists (they left while nobody was
+   * there to see it). No resync is needed: our own `started` announcement makes clients re-watch.
+   */
+  private async pruneGone(session: autobahn.Session): Promise<void> {
+    for (const [instance, wampSession] of [...this.peers]) {
+      try {
+        await session.call('wamp.session.get', [wampSession]);
+      } catch (err) {
+        if ((err as { error?: string }).error !== 'wamp.error.no_such_session') continue;
+        this.peers.delete(instance);
+        await this.opts.index.forgetInstance(instance, wampSession);
+      }
+    }
   }
 
   /** Drop local watches whose owner in the index is another instance. */

@@ -22,6 +22,8 @@ export interface WatchIndex {
   /** How many watches the session has across all instances. */
   count(session: SessionId): Promise<number>;
   dropSession(session: SessionId): Promise<void>;
+  /** Take one call from the session's shared token bucket; false when it is over its rate. */
+  take(session: SessionId, perSecond: number, burst: number): Promise<boolean>;
   /** Keep these sessions' entries from expiring (the owner calls this periodically). */
   touch(sessions: SessionId[]): Promise<void>;
   /** Announce an instance and its current WAMP session id. */
@@ -56,6 +58,29 @@ if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL'
 return 0
 `;
 
+/**
+ * A token bucket per session shared by all instances (the same rule as SessionRateLimiter),
+ * on Redis's clock so instances with skewed clocks agree. The key expires once it would be full.
+ */
+const TAKE = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(b[1]) or burst
+local at = tonumber(b[2]) or now
+tokens = math.min(burst, tokens + (now - at) / 1000 * rate)
+local ok = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  ok = 1
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return ok
+`;
+
 export interface RedisWatchIndexOptions {
   redisUrl: string;
   /** key prefix: instances sharing it are one service */
@@ -68,11 +93,13 @@ export interface RedisWatchIndexOptions {
 type ClaimingRedis = Redis & {
   waymarkClaim(key: string, id: string, owner: string, max: number, ttl: number): Promise<string | number>;
   waymarkForget(key: string, instance: string, wampSession: string): Promise<number>;
+  waymarkTake(key: string, perSecond: number, burst: number): Promise<number>;
 };
 
 /**
  * The index in Redis: hash `<prefix>:watches:<session>` (watch id -> owner instance) with a TTL,
- * and hash `<prefix>:instances` (instance -> WAMP session id). Its own connection, without an
+ * hash `<prefix>:rate:<session>` (the shared token bucket) and hash `<prefix>:instances`
+ * (instance -> WAMP session id). Its own connection, without an
  * offline queue: while Redis is away every call fails at once and the caller falls back to what
  * it knows locally, instead of hanging a `waymark.watch`.
  */
@@ -91,11 +118,16 @@ export class RedisWatchIndex implements WatchIndex {
     }) as ClaimingRedis;
     this.redis.defineCommand('waymarkClaim', { numberOfKeys: 1, lua: CLAIM });
     this.redis.defineCommand('waymarkForget', { numberOfKeys: 1, lua: FORGET });
+    this.redis.defineCommand('waymarkTake', { numberOfKeys: 1, lua: TAKE });
     this.redis.on('error', (err: Error) => opts.onError?.(err));
   }
 
   private key(session: SessionId): string {
     return `${this.opts.prefix}:watches:${session}`;
+  }
+
+  private rateKey(session: SessionId): string {
+    return `${this.opts.prefix}:rate:${session}`;
   }
 
   private get instancesKey(): string {
@@ -139,7 +171,11 @@ export class RedisWatchIndex implements WatchIndex {
   }
 
   async dropSession(session: SessionId): Promise<void> {
-    await this.redis.del(this.key(session));
+    await this.redis.del(this.key(session), this.rateKey(session));
+  }
+
+  async take(session: SessionId, perSecond: number, burst: number): Promise<boolean> {
+    return (await this.redis.waymarkTake(this.rateKey(session), perSecond, burst)) === 1;
   }
 
   async touch(sessions: SessionId[]): Promise<void> {

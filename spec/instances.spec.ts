@@ -13,6 +13,10 @@ import { cleanEnv, runCli, type Proc } from './helpers/spawn.js';
 import { Upstream, upstreamVersion } from './helpers/upstream.js';
 import { Client, ClientPool } from './helpers/wamp-client.js';
 
+function peersOf(w: Waymark): number {
+  return (w as unknown as { instances: { peers: Map<string, number> } }).instances.peers.size;
+}
+
 /** Wait until `count` stops changing for 400 ms (at most 10 s). */
 async function quiet(count: () => number): Promise<void> {
   let last = -1;
@@ -144,6 +148,25 @@ describe('several instances', function () {
     console.log(`      limit 4, 12 concurrent watches over 3 instances: accepted ${accepted}`);
     expect(accepted).to.equal(4);
     await waitFor('four watches of d in all', () => instances.reduce((n, h) => n + h.waymark.registry.forSession(d.id).length, 0) === 4);
+  });
+
+  it('counts the per-session rate limit across instances', async function () {
+    await start(3, { WAYMARK_RATE_LIMIT: '1', WAYMARK_RATE_BURST: '10' });
+    await waitFor('every instance knows the two others', () => instances.every((h) => peersOf(h.waymark) === 2));
+    const c = await pool.open();
+    const results = await Promise.all(Array.from({ length: 24 }, () => c.call(PROC_UNWATCH, ['/nothing']).then(() => 'ok', (e: { error?: string }) => e.error)));
+    const passed = results.filter((r) => r === 'ok').length;
+    console.log(`      rate limit 1/s burst 10 over 3 instances: 24 calls, passed ${passed}, rate_limited ${results.filter((r) => r === ERROR_URIS.rate_limited).length}`);
+    // per instance buckets would let 3 x 10 through; one shared bucket lets 10 (+1 if a second passes)
+    expect(passed).to.be.within(10, 11);
+    expect(passed + results.filter((r) => r === ERROR_URIS.rate_limited).length).to.equal(24);
+  });
+
+  it('forgets a recorded instance whose WAMP session is gone', async function () {
+    await redis.hset(`${channel}:instances`, 'gone-instance', '4242424242');
+    await start(1);
+    expect(await redis.hexists(`${channel}:instances`, 'gone-instance')).to.equal(0);
+    expect(await redis.hget(`${channel}:instances`, instances[0].waymark.instance)).to.equal(String(instances[0].waymark.sessionId));
   });
 
   it('keeps the internal topics away from browsers', async function () {
