@@ -296,6 +296,20 @@ describe('several instances', function () {
       expect(after.every((n) => n === 1), `one Update each: ${after.join(',')}`).to.equal(true);
     });
 
+    it('a graceful stop of one of three instances hands its watches to the others', async function () {
+      await start(3);
+      const ws = await watchers(6);
+      const leaving = instances.find((h) => h.waymark.registry.size > 0)!;
+      instances.splice(instances.indexOf(leaving), 1);
+      const t0 = Date.now();
+      await leaving.close();
+      upstreamVersion.value = 2;
+      await bump(ws.map((w) => w.path));
+      await waitFor('every session at version 2', () => ws.every((w) => version(w.updates.at(-1)) === 2), 15_000);
+      await waitFor('all watches on the survivors', () => totalWatches() === ws.length, 10_000);
+      console.log(`      graceful stop of one of 3 instances: ${ws.length} sessions converged in ${Date.now() - t0} ms`);
+    });
+
     it('an in-process instance whose connection drops without a goodbye: its watches move to the others', async function () {
       await start(3);
       const ws = await watchers(9);
