@@ -1,6 +1,8 @@
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
-import type { Waymark } from '../lib/component.js';
+import { createWaymark, type Waymark } from '../lib/component.js';
+import { loadConfig } from '../lib/config.js';
+import { RedisWatchIndex } from '../lib/watch-index.js';
 import { connectWaymark, type ClientUpdate, type WaymarkClient } from '../lib/client.js';
 import { authorize } from '../lib/authorizer.js';
 import {
@@ -9,7 +11,7 @@ import {
 import { watchId } from '../lib/watch-registry.js';
 import { randomChannel, sleep, testEnv, waitFor } from './helpers/env.js';
 import { startWaymark, type Harness } from './helpers/harness.js';
-import { cleanEnv, runCli, type Proc } from './helpers/spawn.js';
+import { cleanEnv, freePort, runCli, type Proc } from './helpers/spawn.js';
 import { Upstream, upstreamVersion } from './helpers/upstream.js';
 import { Client, ClientPool } from './helpers/wamp-client.js';
 
@@ -169,6 +171,37 @@ describe('several instances', function () {
     expect(await redis.hget(`${channel}:instances`, instances[0].waymark.instance)).to.equal(String(instances[0].waymark.sessionId));
   });
 
+  it('keeps serving when the shared index is unreachable (limits then count per instance)', async function () {
+    const config = loadConfig({
+      WAYMARK_ROUTER_URL: testEnv.routerUrl,
+      WAYMARK_REALM: testEnv.realm,
+      WAYMARK_ROUTER_AUTHID: testEnv.authid,
+      WAYMARK_ROUTER_TICKET: testEnv.ticket,
+      WAYMARK_REDIS_URL: testEnv.redisUrl,
+      WAYMARK_BUMP_CHANNEL: channel,
+      WAYMARK_API_URL: api.url,
+      WAYMARK_ADMIN_PORT: '0',
+      WAYMARK_MAX_WATCHES_PER_SESSION: '2',
+    });
+    const port = await freePort(); // nothing listens there
+    const wm = createWaymark(config, { watchIndex: new RedisWatchIndex({ redisUrl: `redis://127.0.0.1:${port}`, prefix: channel }) });
+    try {
+      await wm.start();
+      const c = await pool.open();
+      await c.call(PROC_WATCH, ['/x/1', { token: 't' }]);
+      await c.call(PROC_WATCH, ['/x/2', { token: 't' }]);
+      expect((await c.callError(PROC_WATCH, ['/x/3', { token: 't' }])).error).to.equal(ERROR_URIS.too_many_watches);
+      expect(await c.call(PROC_REFRESH, [{ token: 'u' }])).to.deep.equal({ updated: 2 });
+      expect(await c.call(PROC_UNWATCH, ['/x/2'])).to.deep.equal({ removed: 1 });
+      upstreamVersion.value = 2;
+      await bump(['/x/1']);
+      const [u] = await c.waitForUpdates(1);
+      expect(JSON.parse(u.body)).to.include({ token: 'u', version: 2 });
+    } finally {
+      await wm.stop();
+    }
+  });
+
   it('keeps the internal topics away from browsers', async function () {
     await start(1);
     const details = { session: 7, authid: 'x', authrole: 'frontend' };
@@ -209,11 +242,12 @@ describe('several instances', function () {
 
     /** Sessions that each watch one path through waymark/client; `last` is the newest version seen. */
     const watchers = async (n: number) => {
-      const out: Array<{ client: WaymarkClient; path: string; updates: ClientUpdate[] }> = [];
+      const out: Array<{ client: WaymarkClient; path: string; updates: ClientUpdate[]; resyncs: string[] }> = [];
       for (let i = 0; i < n; i += 1) {
         const client = await connectWaymark({ url: testEnv.routerUrl, realm: testEnv.realm, rewatchJitterMs: 200 });
         wmClients.push(client);
-        const w = { client, path: `/k/${i}`, updates: [] as ClientUpdate[] };
+        const w = { client, path: `/k/${i}`, updates: [] as ClientUpdate[], resyncs: [] as string[] };
+        client.on('resync', ({ reason }) => w.resyncs.push(reason));
         await client.watch(w.path, { token: `t${i}` }, (u) => w.updates.push(u));
         out.push(w);
       }
@@ -308,6 +342,28 @@ describe('several instances', function () {
       await waitFor('every session at version 2', () => ws.every((w) => version(w.updates.at(-1)) === 2), 15_000);
       await waitFor('all watches on the survivors', () => totalWatches() === ws.length, 10_000);
       console.log(`      graceful stop of one of 3 instances: ${ws.length} sessions converged in ${Date.now() - t0} ms`);
+    });
+
+    it('an instance back from a lost router connection drops the watches others took meanwhile', async function () {
+      await start(3);
+      const ws = await watchers(9);
+      const blip = instances.find((h) => h.waymark.registry.size > 0)!;
+      const firstSession = blip.waymark.sessionId;
+      // the transport drops; autobahn reconnects it with a new session
+      (blip.waymark as unknown as { connection: { _transport: { close(): void } } }).connection._transport.close();
+      await waitFor('the instance back with a new session', () => blip.waymark.sessionId !== undefined && blip.waymark.sessionId !== firstSession, 15_000);
+      await waitFor('one copy of each watch', () => totalWatches() === ws.length, 10_000);
+      // clients re-watch twice: for the survivors' resync and for the instance's own restart
+      await waitFor('both re-watches done', () => ws.every((w) => w.resyncs.includes('resync') && w.resyncs.includes('restart')), 10_000);
+      await quiet(() => ws.reduce((n, w) => n + w.updates.length, 0));
+      const before = ws.map((w) => w.updates.length);
+      upstreamVersion.value = 2;
+      await bump(ws.map((w) => w.path));
+      await waitFor('every session at version 2', () => ws.every((w) => version(w.updates.at(-1)) === 2), 10_000);
+      await sleep(500);
+      const got = ws.map((w, i) => w.updates.length - before[i]);
+      console.log(`      router blip of one of 3 instances: watches ${totalWatches()} for ${ws.length} sessions, Updates for the next bump: ${got.reduce((a, b) => a + b, 0)}`);
+      expect(got.every((n) => n === 1), `one Update each: ${got.join(',')}`).to.equal(true);
     });
 
     it('an in-process instance whose connection drops without a goodbye: its watches move to the others', async function () {
