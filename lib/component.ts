@@ -98,6 +98,7 @@ export class Waymark {
       registry: this.registry,
       maxPerSession: config.maxWatchesPerSession,
       rate: { perSecond: config.rateLimit, burst: config.rateBurst },
+      metrics: this.metrics,
       logger: this.logger.child({ module: 'instances' }),
       session: () => this.session,
       applyRefresh: (session, headers) => this.applyRefresh(session, headers),

@@ -1,6 +1,7 @@
 import type autobahn from 'autobahn';
 import { WaymarkError } from './errors.js';
 import type { Logger } from './logger.js';
+import type { Metrics } from './metrics.js';
 import { RateLimitedLog } from './rate-limited-log.js';
 import type { ForwardHeaders, SessionId } from './types.js';
 import {
@@ -22,6 +23,7 @@ export interface InstancesOptions {
   logger: Logger;
   /** the component's WAMP session while joined */
   session: () => autobahn.Session | undefined;
+  metrics?: Pick<Metrics, 'watchesMoved' | 'peersLeft' | 'peers'>;
   /** apply new credentials to this instance's watches of a session; returns how many it holds */
   applyRefresh: (session: SessionId, headers: ForwardHeaders) => number;
 }
@@ -95,6 +97,7 @@ export class Instances {
         if (instance !== this.opts.instance) this.peers.set(instance, wampSession);
       }
       await this.pruneGone(session);
+      this.opts.metrics?.peers.set(this.peers.size);
       // Back after a lost router connection: survivors may have adopted some of our watches.
       if (this.joins > 0) await this.dropDisowned();
     } catch (err) {
@@ -124,7 +127,9 @@ export class Instances {
     }
     // Refetch even when the former owner lives: it drops the watch on our claim, possibly with
     // a bump's fetch still in flight whose Update it then no longer delivers.
-    return { adopted: previous !== null && previous !== this.opts.instance };
+    const adopted = previous !== null && previous !== this.opts.instance;
+    if (adopted) this.opts.metrics?.watchesMoved.inc();
+    return { adopted };
   }
 
   /**
@@ -178,6 +183,8 @@ export class Instances {
     for (const [instance, wampSession] of this.peers) {
       if (wampSession !== id) continue;
       this.peers.delete(instance);
+      this.opts.metrics?.peersLeft.inc();
+      this.opts.metrics?.peers.set(this.peers.size);
       let first = true;
       try {
         first = await this.opts.index.forgetInstance(instance, wampSession);
@@ -199,6 +206,7 @@ export class Instances {
 
   private onJoined(e: Envelope): void {
     if (typeof e.instance === 'string' && typeof e.session === 'number') this.peers.set(e.instance, e.session);
+    this.opts.metrics?.peers.set(this.peers.size);
   }
 
   private async onClaim(e: Envelope): Promise<void> {

@@ -21,6 +21,9 @@ export class Metrics {
   readonly sessions = new Gauge({ name: 'waymark_sessions', help: 'Sessions with at least one watch', registers: [this.registry] });
   readonly routerConnected = new Gauge({ name: 'waymark_router_connected', help: '1 while joined to the router', registers: [this.registry] });
   readonly redisConnected = new Gauge({ name: 'waymark_redis_subscribed', help: '1 while subscribed to the bump channel', registers: [this.registry] });
+  readonly watchesMoved = new Counter({ name: 'waymark_watches_moved_total', help: 'Watches this instance took over from another instance (each refetched once)', registers: [this.registry] });
+  readonly peersLeft = new Counter({ name: 'waymark_peer_instances_left_total', help: 'Other instances seen leaving the router (clients told to re-watch)', registers: [this.registry] });
+  readonly peers = new Gauge({ name: 'waymark_peer_instances', help: 'Other instances of this service known to be joined', registers: [this.registry] });
 
   constructor() {
     // process CPU, heap and event-loop lag, as waymark_process_* / waymark_nodejs_*

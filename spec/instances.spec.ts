@@ -328,6 +328,9 @@ describe('several instances', function () {
       console.log(`      fault: instance-kill lost=${lost} converge_ms=${converge} (killed instance owned ${onVictim} of ${ws.length} watches; Updates for the next bump: ${after.reduce((a, b) => a + b, 0)})`);
       expect(lost).to.equal(0);
       expect(after.every((n) => n === 1), `one Update each: ${after.join(',')}`).to.equal(true);
+      const m = instances[0].waymark.metrics;
+      expect((await m.peersLeft.get()).values[0].value, 'peer instances seen leaving').to.equal(1);
+      expect((await m.peers.get()).values[0].value, 'peers left').to.equal(1);
     });
 
     it('a graceful stop of one of three instances hands its watches to the others', async function () {
