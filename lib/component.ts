@@ -246,13 +246,22 @@ export class Waymark {
     const { path, headers, snapshot } = parseWatchArgs(args, kwargs as Record<string, unknown>, this.config);
     resolveApiUrl(this.config.apiUrl, path);
     // Ownership and the limit are shared by all instances (contract section 7).
-    const { adopted } = await this.instances.admit(session, watchId(session, path));
-    const { watch, created, credentialsChanged, resumed } = this.registry.upsert(session, path, headers);
+    const id = watchId(session, path);
+    const { adopted } = await this.instances.admit(session, id);
+    let accepted = false;
+    let upserted: ReturnType<WatchRegistry['upsert']>;
+    try {
+      upserted = this.registry.upsert(session, path, headers);
+      accepted = true;
+    } finally {
+      // publishes the claim (or, on a throw, only forgets the admit)
+      this.instances.settle(session, id, accepted);
+    }
+    const { watch, created, credentialsChanged, resumed } = upserted;
     this.logger.info(created ? 'watch added' : 'watch renewed', {
       session, watch: watch.id, path, cred: watch.credKey, ...(credentialsChanged ? { credentialsChanged, resumed } : {}),
       ...(adopted ? { adopted } : {}),
     });
-    this.instances.claimed(session, watch.id);
     const result: WatchResult = { watch: watch.id, path, topic: sessionTopic(session) };
     if (snapshot) result.snapshot = await this.dispatcher.snapshot(watch);
     // A resumed watch, or one adopted from another instance, may have missed changes: catch up once.

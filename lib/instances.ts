@@ -55,6 +55,8 @@ export class Instances {
   private readonly peers = new Map<string, number>();
   private readonly warn: RateLimitedLog;
   private joins = 0;
+  /** watch ids between admit and settle here, and whether another instance claimed one meanwhile */
+  private readonly admitting = new Map<string, { n: number; contested: boolean }>();
   private touchTimer?: NodeJS.Timeout;
 
   constructor(private readonly opts: InstancesOptions) {
@@ -114,6 +116,9 @@ export class Instances {
    */
   async admit(session: SessionId, id: string): Promise<{ adopted: boolean }> {
     let previous: string | null;
+    const a = this.admitting.get(id);
+    if (a) a.n += 1;
+    else this.admitting.set(id, { n: 1, contested: false });
     try {
       const r = await this.opts.index.claim(session, id, this.opts.instance, this.opts.maxPerSession);
       if (r.over) {
@@ -147,9 +152,17 @@ export class Instances {
     }
   }
 
-  /** After `waymark.watch` accepted: every other instance drops its copy. */
-  claimed(session: SessionId, id: string): void {
+  /**
+   * After `waymark.watch` accepted (`ok`) or failed: every other instance drops its copy. A claim
+   * from another instance that arrived between our admit and now found nothing here to drop; if
+   * one did, the index decides who keeps the watch.
+   */
+  settle(session: SessionId, id: string, ok: boolean): void {
+    const a = this.admitting.get(id);
+    if (a && --a.n === 0) this.admitting.delete(id);
+    if (!ok) return;
     this.publish(INTERNAL_CLAIM, { session, watch: id });
+    if (a?.contested) void this.dropUnlessOwner(session, id, false);
   }
 
   /** `waymark.unwatch` of one id; `local` is what this instance removed itself. */
@@ -211,17 +224,26 @@ export class Instances {
 
   private async onClaim(e: Envelope): Promise<void> {
     if (typeof e.session !== 'number' || typeof e.watch !== 'string') return;
-    if (!this.opts.registry.get(e.watch)) return;
-    // Claims from two instances can cross; the index says who served the latest call.
+    if (!this.opts.registry.get(e.watch)) {
+      const a = this.admitting.get(e.watch);
+      if (a) a.contested = true;
+      return;
+    }
+    await this.dropUnlessOwner(e.session, e.watch, true);
+  }
+
+  /** Claims from two instances can cross; the index says who served the latest call. */
+  private async dropUnlessOwner(session: SessionId, id: string, dropIfUnknown: boolean): Promise<void> {
     let owner: string | null = null;
     try {
-      owner = await this.opts.index.owner(e.session, e.watch);
+      owner = await this.opts.index.owner(session, id);
     } catch {
-      // trust the claim
+      // index unreachable: a claim we received wins; our own fresh admit stays
+      if (!dropIfUnknown) return;
     }
     if (owner === this.opts.instance) return;
-    const removed = this.opts.registry.remove(e.session, e.watch);
-    if (removed) this.opts.logger.debug('watch moved to another instance', { session: e.session, watch: e.watch, to: e.instance });
+    const removed = this.opts.registry.remove(session, id);
+    if (removed) this.opts.logger.debug('watch moved to another instance', { session, watch: id });
   }
 
   private onUnwatch(e: Envelope): void {

@@ -133,6 +133,28 @@ describe('several instances', function () {
     expect(c.updates.length, 'no Update after unwatch').to.equal(n);
   });
 
+  it('crossed claims (two instances accept the same watch at once) leave exactly one owner', async function () {
+    await start(2);
+    const [a, b] = instances.map((h) => h.waymark);
+    type Internals = { admit(s: number, id: string): Promise<unknown>; settle(s: number, id: string, ok: boolean): void; admitting: Map<string, { contested: boolean }> };
+    const [ia, ib] = [a, b].map((w) => (w as unknown as { instances: Internals }).instances);
+    const c = await pool.open();
+    const id = watchId(c.id, '/race');
+    // A admits, then B admits (B served the latest call) and claims before A has accepted:
+    // A had nothing to drop when B's claim came
+    await ia.admit(c.id, id);
+    await ib.admit(c.id, id);
+    b.registry.upsert(c.id, '/race', {});
+    ib.settle(c.id, id, true);
+    await waitFor('A to see the crossing claim', () => ia.admitting.get(id)?.contested === true);
+    a.registry.upsert(c.id, '/race', {});
+    ia.settle(c.id, id, true);
+    await waitFor('A to give the watch up', () => a.registry.get(id) === undefined);
+    await sleep(100);
+    expect(b.registry.get(id), 'B, the latest, keeps it').not.to.equal(undefined);
+    expect(await redis.hget(`${channel}:watches:${c.id}`, id)).to.equal(b.instance);
+  });
+
   it('counts the per-session watch limit across instances, also for concurrent calls', async function () {
     await start(3, { WAYMARK_MAX_WATCHES_PER_SESSION: '4' });
     const c = await pool.open();
