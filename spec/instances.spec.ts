@@ -155,6 +155,31 @@ describe('several instances', function () {
     expect(await redis.hget(`${channel}:watches:${c.id}`, id)).to.equal(b.instance);
   });
 
+  it('refresh on any instance resumes watches a 401 suspended on every owner', async function () {
+    await start(2);
+    api.handler = (req, res) => {
+      const token = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1];
+      if (token !== 'good') { res.writeHead(401, { 'content-type': 'application/json' }).end('{"error":"expired"}'); return; }
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ path: req.url, token, version: upstreamVersion.value }));
+    };
+    const c = await pool.open();
+    // two watches: round robin puts them on the two instances, so one owner is not the one
+    // that serves the refresh
+    await c.call(PROC_WATCH, ['/s/1', { token: 'expired' }]);
+    await c.call(PROC_WATCH, ['/s/2', { token: 'expired' }]);
+    expect(instances.map((h) => h.waymark.registry.size)).to.deep.equal([1, 1]);
+    await bump(['/s/1', '/s/2']);
+    await c.waitForUpdates(2);
+    expect(c.updates.map((u) => u.status)).to.deep.equal([401, 401]);
+    await bump(['/s/1', '/s/2']);
+    await sleep(200);
+    expect(c.updates, 'suspended: no fetch, no Update').to.have.length(2);
+    expect(await c.call(PROC_REFRESH, [{ token: 'good' }])).to.deep.equal({ updated: 2 });
+    const got = await c.waitForUpdates(4);
+    expect(got.slice(2).map((u) => u.status)).to.deep.equal([200, 200]);
+    expect(got.slice(2).map((u) => u.path).sort()).to.deep.equal(['/s/1', '/s/2']);
+  });
+
   it('counts the per-session watch limit across instances, also for concurrent calls', async function () {
     await start(3, { WAYMARK_MAX_WATCHES_PER_SESSION: '4' });
     const c = await pool.open();
