@@ -391,7 +391,7 @@ describe('several instances', function () {
       await bump(ws.map((w) => w.path));
       await waitFor('every session at version 2', () => ws.every((w) => version(w.updates.at(-1)) === 2), 15_000);
       await waitFor('all watches on the survivors', () => totalWatches() === ws.length, 10_000);
-      console.log(`      graceful stop of one of 3 instances: ${ws.length} sessions converged in ${Date.now() - t0} ms`);
+      console.log(`      fault: instance-stop lost=0 converge_ms=${Date.now() - t0} (graceful stop of one of 3 instances, ${ws.length} sessions converged)`);
     });
 
     it('an instance back from a lost router connection drops the watches others took meanwhile', async function () {
@@ -423,6 +423,7 @@ describe('several instances', function () {
       const held = victim.waymark.registry.size;
       // simulate death: no reconnect, no more bumps, transport closed under the session
       const internals = victim.waymark as unknown as { status: string; connection: { _transport: { close(): void } } };
+      const t0 = Date.now();
       internals.status = 'stopped';
       internals.connection._transport.close();
       upstreamVersion.value = 2;
@@ -436,7 +437,7 @@ describe('several instances', function () {
       }
       const survivors = instances.filter((h) => h !== victim);
       await waitFor('all watches on the survivors', () => survivors.reduce((n, h) => n + h.waymark.registry.size, 0) === ws.length, 10_000);
-      console.log(`      in-process instance death: ${held} watches moved, all ${ws.length} sessions converged`);
+      console.log(`      fault: instance-drop lost=0 converge_ms=${Date.now() - t0} (${held} watches moved, all ${ws.length} sessions converged)`);
     });
   });
 });
