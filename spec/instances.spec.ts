@@ -273,6 +273,9 @@ describe('several instances', function () {
     } catch (e) { err = e; }
     expect((err as { error?: string } | undefined)?.error, 'publish a claim').to.equal('wamp.error.not_authorized');
     expect((await b.callError(INTERNAL_REFRESH, [])).error).to.be.oneOf(['wamp.error.not_authorized', 'wamp.error.no_such_procedure']);
+    err = undefined;
+    try { await b.session.register(INTERNAL_CLAIM, () => undefined); } catch (e) { err = e; }
+    expect((err as { error?: string } | undefined)?.error, 'register').to.equal('wamp.error.not_authorized');
   });
 
   describe('when an instance dies', function () {
@@ -358,7 +361,7 @@ describe('several instances', function () {
       while (Date.now() < deadline && !ws.every((w) => version(w.updates.at(-1)) === 3)) await sleep(20);
       const converge = Date.now() - t0;
       const lost = ws.filter((w) => version(w.updates.at(-1)) !== 3).length;
-      if (lost) {
+      if (lost) { // diagnostics: what each instance logged, and each session's versions
         console.log(instances[0].logs.filter((l) => !l.includes('"debug"')).join(''));
         for (const p of children) console.log(p === victim ? 'VICTIM' : 'CHILD', p.stderr);
         console.log(ws.map((w) => w.updates.map((u) => version(u)).join(',')).join(' | '));
@@ -430,7 +433,7 @@ describe('several instances', function () {
       await bump(ws.map((w) => w.path));
       try {
         await waitFor('every session at version 2', () => ws.every((w) => version(w.updates.at(-1)) === 2), 15_000);
-      } catch (e) {
+      } catch (e) { // diagnostics: what each instance logged, and each session's versions
         for (const h of instances) console.log(h === victim ? 'VICTIM' : 'SURVIVOR', h.logs.filter((l) => !l.includes('"debug"')).join(''));
         console.log(ws.map((w) => w.updates.map((u) => version(u)).join(',')).join(' | '));
         throw e;
