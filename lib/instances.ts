@@ -56,7 +56,7 @@ export class Instances {
   private readonly warn: RateLimitedLog;
   private joins = 0;
   /** watch ids between admit and settle here, and whether another instance claimed one meanwhile */
-  private readonly admitting = new Map<string, { n: number; contested: boolean }>();
+  private readonly admitting = new Map<string, { n: number; contested: boolean; claim: boolean }>();
   private touchTimer?: NodeJS.Timeout;
 
   constructor(private readonly opts: InstancesOptions) {
@@ -116,9 +116,7 @@ export class Instances {
    */
   async admit(session: SessionId, id: string): Promise<{ adopted: boolean }> {
     let previous: string | null;
-    const a = this.admitting.get(id);
-    if (a) a.n += 1;
-    else this.admitting.set(id, { n: 1, contested: false });
+    this.mark(id).n += 1;
     try {
       const r = await this.opts.index.claim(session, id, this.opts.instance, this.opts.maxPerSession);
       if (r.over) {
@@ -128,12 +126,15 @@ export class Instances {
     } catch (err) {
       if (err instanceof WaymarkError) throw err;
       this.warn.warn('index', 'shared watch index unavailable; limits count on this instance only', { error: String(err) });
+      this.mark(id).claim = true; // unknown former owner: claim to be safe
       return { adopted: false };
     }
     // Refetch even when the former owner lives: it drops the watch on our claim, possibly with
     // a bump's fetch still in flight whose Update it then no longer delivers.
     const adopted = previous !== null && previous !== this.opts.instance;
     if (adopted) this.opts.metrics?.watchesMoved.inc();
+    // Only a watch another instance owned can have a copy elsewhere: no claim needed otherwise.
+    if (adopted) this.mark(id).claim = true;
     return { adopted };
   }
 
@@ -153,7 +154,8 @@ export class Instances {
   }
 
   /**
-   * After `waymark.watch` accepted (`ok`) or failed: every other instance drops its copy. A claim
+   * After `waymark.watch` accepted (`ok`) or failed: if the watch was another instance's, every
+   * other instance drops its copy. A claim
    * from another instance that arrived between our admit and now found nothing here to drop; if
    * one did, the index decides who keeps the watch.
    */
@@ -161,8 +163,14 @@ export class Instances {
     const a = this.admitting.get(id);
     if (a && --a.n === 0) this.admitting.delete(id);
     if (!ok) return;
-    this.publish(INTERNAL_CLAIM, { session, watch: id });
+    if (a?.claim) this.publish(INTERNAL_CLAIM, { session, watch: id });
     if (a?.contested) void this.dropUnlessOwner(session, id, false);
+  }
+
+  private mark(id: string): { n: number; contested: boolean; claim: boolean } {
+    let a = this.admitting.get(id);
+    if (!a) this.admitting.set(id, (a = { n: 0, contested: false, claim: false }));
+    return a;
   }
 
   /** `waymark.unwatch` of one id; `local` is what this instance removed itself. */

@@ -113,6 +113,8 @@ export class RedisWatchIndex implements WatchIndex {
     this.redis = new Redis(opts.redisUrl, {
       lazyConnect: true,
       enableOfflineQueue: false,
+      // many watch calls arrive together: one write per event-loop tick for all their scripts
+      enableAutoPipelining: true,
       maxRetriesPerRequest: 1,
       retryStrategy: (n) => Math.min(200 * n, 2_000),
     }) as ClaimingRedis;
