@@ -211,6 +211,20 @@ describe('several instances', function () {
     expect(passed + results.filter((r) => r === ERROR_URIS.rate_limited).length).to.equal(24);
   });
 
+  it('a session that leaves loses its watches on every instance and its shared entries', async function () {
+    await start(2, { WAYMARK_RATE_LIMIT: '5' });
+    await waitFor('the instances know each other', () => instances.every((h) => peersOf(h.waymark) === 1));
+    const c = await pool.open();
+    await c.call(PROC_WATCH, ['/leave/1', { token: 't' }]);
+    await c.call(PROC_WATCH, ['/leave/2', { token: 't' }]);
+    const id = c.id;
+    expect(instances.map((h) => h.waymark.registry.forSession(id).length)).to.deep.equal([1, 1]);
+    expect(await redis.exists(`${channel}:watches:${id}`, `${channel}:rate:${id}`)).to.equal(2);
+    await c.close();
+    await waitFor('watches gone everywhere', () => totalWatches() === 0);
+    await waitFor('shared entries gone', async () => (await redis.exists(`${channel}:watches:${id}`, `${channel}:rate:${id}`)) === 0);
+  });
+
   it('forgets a recorded instance whose WAMP session is gone', async function () {
     await redis.hset(`${channel}:instances`, 'gone-instance', '4242424242');
     await start(1);
