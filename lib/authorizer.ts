@@ -1,4 +1,4 @@
-import { ANNOUNCE_TOPIC, CLIENT_PROCEDURES, SESSION_TOPIC_PREFIX } from './uris.js';
+import { ANNOUNCE_TOPIC, CLIENT_PROCEDURES, INTERNAL_PREFIX, SESSION_TOPIC_PREFIX } from './uris.js';
 
 /** What Crossbar passes a dynamic authorizer as its first argument (subset we read). */
 export interface AuthorizeSessionDetails {
@@ -20,7 +20,8 @@ export type AuthorizeAnswer = false | { allow: true; disclose?: boolean; cache: 
  * - an exact subscribe to the session's own topic is allowed, never cached: Crossbar caches per
  *   (role, uri, action), and another session's topic must not inherit the answer;
  * - an exact subscribe to the shared announcement topic is allowed (same for all: cacheable);
- * - everything else, including prefix/wildcard subscribes and any register or publish, is denied.
+ * - everything else, including prefix/wildcard subscribes and any register or publish, is denied;
+ *   above all `waymark.internal.*`, where the instances pass each other credentials.
  */
 export function authorize(
   details: AuthorizeSessionDetails | undefined,
@@ -29,6 +30,7 @@ export function authorize(
   options?: { match?: string } | null,
 ): AuthorizeAnswer {
   if (!details || typeof details.session !== 'number' || typeof uri !== 'string') return false;
+  if (uri.startsWith(INTERNAL_PREFIX)) return false;
   if (action === 'call' && CLIENT_PROCEDURES.includes(uri)) {
     return { allow: true, disclose: true, cache: true };
   }

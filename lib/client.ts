@@ -153,18 +153,22 @@ export class WaymarkClient {
 
   private async onJoin(session: autobahn.Session, reason: string | null): Promise<void> {
     await session.subscribe(sessionTopic(session.id), (args) => this.onUpdate(args?.[0] as Update));
-    await session.subscribe(ANNOUNCE_TOPIC, () => this.onRestart());
+    // Any announcement means watches may be gone: `started` (an instance (re)joined) or `resync`
+    // (an instance of several left, taking its watches with it).
+    await session.subscribe(ANNOUNCE_TOPIC, (args) => this.onRestart((args?.[0] as { event?: unknown } | undefined)?.event));
     if (reason) await this.rewatchAll(reason);
   }
 
-  private onRestart(): void {
+  private onRestart(event: unknown): void {
     // Spread the re-watches of many browsers over a moment instead of one spike.
     const delay = Math.random() * (this.opts.rewatchJitterMs ?? 1000);
-    setTimeout(() => { void this.rewatchAll('restart'); }, delay);
+    setTimeout(() => { void this.rewatchAll(event === 'resync' ? 'resync' : 'restart'); }, delay);
   }
 
   private async rewatchAll(reason: string): Promise<void> {
-    this.byId.clear();
+    // Keep the ids while re-watching: on the same session they stay the same, and an Update that
+    // arrives before the call returns is the change the re-watch is there to catch. (A new
+    // session cleared them on close.)
     await Promise.all([...this.handles].filter((h) => h.active).map((h) => this.establish(h).catch((err: Error) => this.emit('error', err))));
     this.emit('resync', { reason });
   }
@@ -183,6 +187,7 @@ export class WaymarkClient {
     if (!session) return;
     const result = await session.call<WatchResult>(PROC_WATCH, [h.path, h.options]);
     if (!h.active) return;
+    if (h.id && h.id !== result.watch && this.byId.get(h.id) === h) this.byId.delete(h.id);
     h.id = result.watch;
     this.byId.set(result.watch, h);
     if (result.snapshot) this.onUpdate(result.snapshot);

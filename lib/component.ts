@@ -14,7 +14,7 @@ import { UndiciFetcher, type Fetcher } from './fetcher.js';
 import { silentLogger, type Logger } from './logger.js';
 import { Metrics } from './metrics.js';
 import { WampPublisher, type Publisher } from './publisher.js';
-import type { Bump, WatchResult } from './types.js';
+import type { Bump, ForwardHeaders, WatchResult } from './types.js';
 import { authorize } from './authorizer.js';
 import { SessionRateLimiter } from './rate-limiter.js';
 import {
@@ -22,7 +22,9 @@ import {
   WAMP_SUBPROTOCOLS,
 } from './uris.js';
 import { callerOf, parseCredentials, parseWatchArgs, resolveApiUrl } from './validation.js';
-import { WatchRegistry } from './watch-registry.js';
+import { watchId, WatchRegistry } from './watch-registry.js';
+import { Instances } from './instances.js';
+import { RedisWatchIndex, type WatchIndex } from './watch-index.js';
 
 export interface WaymarkOptions {
   logger?: Logger;
@@ -30,6 +32,8 @@ export interface WaymarkOptions {
   fetcher?: Fetcher;
   bumpSource?: BumpSource;
   publisher?: Publisher;
+  /** what several instances share; the default is Redis at the config's URL */
+  watchIndex?: WatchIndex;
 }
 
 /** Time kept for publishing a result after its fetch, when planning a drain's deadline. */
@@ -54,6 +58,7 @@ export class Waymark {
   private readonly bumpEndpoint?: BumpEndpoint;
   private readonly rateLimiter: SessionRateLimiter;
   private readonly wampPublisher?: WampPublisher;
+  private readonly instances: Instances;
   private connection?: autobahn.Connection;
   private session?: autobahn.Session;
   private registrations: autobahn.IRegistration[] = [];
@@ -135,6 +140,24 @@ export class Waymark {
         onAnswer: (status) => this.metrics.bumpRequests.inc({ status: String(status) }),
       });
     }
+    const index = opts.watchIndex ?? new RedisWatchIndex({
+      redisUrl: config.redisUrl,
+      // instances that share a bump channel are one service; their keys live under its name
+      prefix: config.bumpChannel,
+      ttlSeconds: INDEX_TTL_SECONDS,
+    });
+    this.instances = new Instances({
+      instance: this.instance,
+      service: config.bumpChannel,
+      index,
+      registry: this.registry,
+      maxPerSession: config.maxWatchesPerSession,
+      rate: { perSecond: config.rateLimit, burst: config.rateBurst },
+      metrics: this.metrics,
+      logger: this.logger.child({ module: 'instances' }),
+      session: () => this.session,
+      applyRefresh: (session, headers) => this.applyRefresh(session, headers),
+    });
     if (config.adminPort !== 0) {
       this.admin = new AdminServer(config.adminHost, config.adminPort, {
         bump: this.bumpEndpoint?.handle,
@@ -185,6 +208,7 @@ export class Waymark {
     });
     await this.bumpSource.start((bump) => this.onBump(bump));
     this.setRedisState(true);
+    await this.instances.start((INDEX_TTL_SECONDS * 1000) / 3);
     if (this.stopRequested) return;
     this.logger.info('joining router', { url: this.config.routerUrl, realm: this.config.realm, authid: this.config.routerAuthid ?? '(anonymous)' });
     await this.connect();
@@ -240,7 +264,7 @@ export class Waymark {
         const rejoin = this.joins++ > 0;
         this.setup(session, rejoin).then(() => {
           if (this.session !== session) return; // lost again meanwhile: the next join sets up
-          this.logger.info(rejoin ? 'rejoined router' : 'joined router', { session: session.id });
+          this.logger.info(rejoin ? 'rejoined router' : 'joined router', { session: session.id, instance: this.instance });
           if (!settled) { settled = true; resolve(); }
           if (rejoin) void this.reconcile(session);
         }, (err: unknown) => {
@@ -296,7 +320,10 @@ export class Waymark {
     ]);
     if (this.session === session) this.registrations = registrations;
     await session.subscribe(META_ON_LEAVE, (args) => this.onSessionLeft(args?.[0]));
+    // Every join: peers learn this instance's session, and it drops watches others took meanwhile.
+    await this.instances.join(session);
     // Tell browsers an instance started: clients re-watch, so nothing a restart lost stays lost.
+    // Not on a rejoin: the router kept the browsers' sessions and reconcile() catches up.
     if (!rejoin) await session.publish(ANNOUNCE_TOPIC, [{ event: 'started', instance: this.instance }], {}, { acknowledge: true });
   }
 
@@ -325,6 +352,7 @@ export class Waymark {
         droppedSessions += 1;
         dropped += this.registry.dropSession(id);
         this.rateLimiter.forget(id);
+        void this.instances.sessionLeft(id);
       }
       this.metrics.sessionsReconciled.inc(droppedSessions);
     } catch (err) {
@@ -339,7 +367,7 @@ export class Waymark {
   private async rpc<T>(details: unknown, fn: (caller: number) => Promise<T> | T): Promise<T> {
     try {
       const caller = callerOf(details);
-      if (!this.rateLimiter.take(caller)) {
+      if (!(await this.instances.allowCall(caller, () => this.rateLimiter.take(caller)))) {
         throw new WaymarkError('rate_limited', `more than ${this.config.rateLimit} calls per second (burst ${this.config.rateBurst}); slow down`);
       }
       return await fn(caller);
@@ -353,25 +381,45 @@ export class Waymark {
   private async watch(session: number, args: unknown[] | undefined, kwargs: unknown): Promise<WatchResult> {
     const { path, headers, snapshot } = parseWatchArgs(args, kwargs as Record<string, unknown>, this.config);
     resolveApiUrl(this.config.apiUrl, path);
-    const { watch, created, credentialsChanged, resumed } = this.registry.upsert(session, path, headers);
+    // Ownership and the limit are shared by all instances (contract section 7).
+    const id = watchId(session, path);
+    const { adopted } = await this.instances.admit(session, id);
+    let accepted = false;
+    let upserted: ReturnType<WatchRegistry['upsert']>;
+    try {
+      upserted = this.registry.upsert(session, path, headers);
+      accepted = true;
+    } finally {
+      // publishes the claim (or, on a throw, only forgets the admit)
+      this.instances.settle(session, id, accepted);
+    }
+    const { watch, created, credentialsChanged, resumed } = upserted;
     this.logger.info(created ? 'watch added' : 'watch renewed', {
       session, watch: watch.id, path, cred: watch.credKey, ...(credentialsChanged ? { credentialsChanged, resumed } : {}),
+      ...(adopted ? { adopted } : {}),
     });
     const result: WatchResult = { watch: watch.id, path, topic: sessionTopic(session) };
     if (snapshot) result.snapshot = await this.dispatcher.snapshot(watch);
-    // A resumed watch may have missed changes while suspended: catch up once.
-    else if (resumed) void this.dispatcher.refetch(watch, 'refresh');
+    // A resumed watch, or one adopted from another instance, may have missed changes: catch up once.
+    else if (resumed || adopted) void this.dispatcher.refetch(watch, 'refresh');
     return result;
   }
 
   /** `waymark.refresh({token?, headers?})`: new credentials for all the caller's watches. */
-  private refresh(session: number, args: unknown[] | undefined, kwargs: unknown): { updated: number } {
+  private async refresh(session: number, args: unknown[] | undefined, kwargs: unknown): Promise<{ updated: number }> {
     const positional = args?.[0];
     if (positional !== undefined && positional !== null && (typeof positional !== 'object' || Array.isArray(positional))) {
       throw new WaymarkError('invalid_argument', 'refresh takes an object: { token?, headers? }');
     }
     const options = { ...(positional as Record<string, unknown> | undefined), ...(kwargs as Record<string, unknown> | undefined) };
     const headers = parseCredentials(options, this.config);
+    const local = this.applyRefresh(session, headers);
+    // The other instances apply the same credentials to the watches they own.
+    return { updated: await this.instances.refresh(session, headers, local) };
+  }
+
+  /** New credentials for this instance's watches of a session; returns how many it holds. */
+  private applyRefresh(session: number, headers: ForwardHeaders): number {
     const watches = this.registry.forSession(session);
     let resumed = 0;
     for (const watch of watches) {
@@ -380,17 +428,20 @@ export class Waymark {
         void this.dispatcher.refetch(watch, 'refresh');
       }
     }
-    this.logger.info('credentials refreshed', { session, updated: watches.length, resumed });
-    return { updated: watches.length };
+    if (watches.length > 0) this.logger.info('credentials refreshed', { session, updated: watches.length, resumed });
+    return watches.length;
   }
 
-  private unwatch(session: number, args: unknown[] | undefined, kwargs: unknown): { removed: number } {
+  private async unwatch(session: number, args: unknown[] | undefined, kwargs: unknown): Promise<{ removed: number }> {
     const target = args?.[0] ?? (kwargs as { watch?: unknown } | undefined)?.watch;
     if (typeof target !== 'string' || target.length === 0) {
       throw new WaymarkError('invalid_argument', 'unwatch needs a watch id or a path');
     }
-    const removed = this.registry.remove(session, target);
-    this.logger.info('unwatch', { session, removed });
+    const local = this.registry.remove(session, target);
+    const id = target.startsWith('/') ? watchId(session, target) : target;
+    // The watch may live on another instance: the shared index knows whether it existed.
+    const removed = await this.instances.unwatch(session, id, local);
+    this.logger.info('unwatch', { session, watch: id, removed });
     return { removed };
   }
 
@@ -398,6 +449,7 @@ export class Waymark {
     if (typeof id !== 'number') return;
     const dropped = this.registry.dropSession(id);
     this.rateLimiter.forget(id);
+    void this.instances.sessionLeft(id);
     if (dropped > 0) this.logger.info('session left, watches dropped', { session: id, dropped });
   }
 
@@ -484,6 +536,7 @@ export class Waymark {
       }],
       // After the deadline, requests may still be running: do not wait for their timeouts.
       ['fetcher', () => within(this.fetcher.close(), 1_000)],
+      ['watch index', () => within(this.instances.stop(), 2_000)],
       ['admin', async () => this.admin?.stop()],
       ['bump endpoint', async () => this.bumpEndpoint?.close()],
     ];
@@ -521,6 +574,9 @@ function handshakeAgent(url: string, ms: number): http.Agent {
   };
   return agent;
 }
+
+/** Seconds a session's entries stay in the shared index without a touch from their owner. */
+const INDEX_TTL_SECONDS = 86_400;
 
 function errorText(err: unknown): string {
   if (err instanceof autobahn.Error) return `${err.error}${err.args?.[0] ? `: ${String(err.args[0])}` : ''}`;

@@ -31,6 +31,9 @@ export class Metrics {
   readonly resyncs = new Counter({ name: 'waymark_resyncs_total', help: 'Refetches of every watch because bumps may have been lost', labelNames: ['reason'], registers: [this.registry] });
   readonly breakerState = new Gauge({ name: 'waymark_api_breaker_state', help: 'API circuit breaker: 0 closed, 1 open, 2 half-open', labelNames: ['origin'], registers: [this.registry] });
   readonly breakerRejected = new Counter({ name: 'waymark_fetches_rejected_total', help: 'Fetches failed fast by an open circuit breaker', registers: [this.registry] });
+  readonly watchesMoved = new Counter({ name: 'waymark_watches_moved_total', help: 'Watches this instance took over from another instance (each refetched once)', registers: [this.registry] });
+  readonly peersLeft = new Counter({ name: 'waymark_peer_instances_left_total', help: 'Other instances seen leaving the router (clients told to re-watch)', registers: [this.registry] });
+  readonly peers = new Gauge({ name: 'waymark_peer_instances', help: 'Other instances of this service known to be joined', registers: [this.registry] });
 
   constructor() {
     // Every status class exists from the start at 0, so rate() and alerts on e.g. 5xx work

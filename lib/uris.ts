@@ -28,6 +28,20 @@ export const ANNOUNCE_TOPIC = 'waymark.announce';
  */
 export const WAMP_SUBPROTOCOLS: string[] = ['wamp.2.json'];
 
+/**
+ * Backend-only topics the instances of one service talk on (section 7 of the contract). The
+ * browser role may never subscribe or publish here: `refresh` carries credentials.
+ */
+export const INTERNAL_PREFIX = 'waymark.internal.';
+/** `{ service, instance, session }`: an instance joined with this WAMP session */
+export const INTERNAL_JOINED = 'waymark.internal.joined';
+/** `{ service, instance, session, watch }`: that instance now owns the watch; others drop it */
+export const INTERNAL_CLAIM = 'waymark.internal.claim';
+/** `{ service, session, watch }`: unwatched on another instance; the owner drops it */
+export const INTERNAL_UNWATCH = 'waymark.internal.unwatch';
+/** `{ service, session, headers }`: new credentials for every watch of the session, wherever it is */
+export const INTERNAL_REFRESH = 'waymark.internal.refresh';
+
 export const META_ON_LEAVE = 'wamp.session.on_leave';
 /** The router's live session ids (Crossbar: `[id, ...]`), for reconciling after a reconnect. */
 export const META_SESSION_LIST = 'wamp.session.list';

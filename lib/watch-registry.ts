@@ -125,6 +125,11 @@ export class WatchRegistry {
     return set ? [...set] : [];
   }
 
+  /** The sessions that hold at least one watch here. */
+  sessionIds(): SessionId[] {
+    return [...this.bySession.keys()];
+  }
+
   /** Remove the caller's watch with this id, or every watch of the caller on this path. */
   remove(session: SessionId, idOrPath: string): number {
     if (idOrPath.startsWith('/')) {

@@ -575,6 +575,15 @@ describe('deployment: crossbar/config.json', () => {
       }
     });
 
+    it('allow the instances to talk on waymark.internal.* (publish and subscribe only)', () => {
+      for (const uri of ['waymark.internal.claim', 'waymark.internal.refresh', 'waymark.internal.unwatch', 'waymark.internal.joined']) {
+        expect(staticAuthorize(perms, uri, 'publish').allow, uri).to.equal(true);
+        expect(staticAuthorize(perms, uri, 'subscribe').allow, uri).to.equal(true);
+        expect(staticAuthorize(perms, uri, 'call').allow, uri).to.equal(false);
+        expect(staticAuthorize(perms, uri, 'register').allow, uri).to.equal(false);
+      }
+    });
+
     it('deny what backend does not need', () => {
       expect(staticAuthorize(perms, 'waymark.session.123', 'register').allow).to.equal(false);
       expect(staticAuthorize(perms, 'waymark.other', 'register').allow).to.equal(false);
@@ -605,6 +614,11 @@ describe('deployment: crossbar/config.json', () => {
     expect(authorize(details, `${SESSION_TOPIC_PREFIX}42`, 'subscribe', {})).to.deep.equal({ allow: true, cache: false });
     expect(authorize(details, `${SESSION_TOPIC_PREFIX}43`, 'subscribe', {})).to.equal(false);
     expect(authorize(details, PROC_WATCH, 'register', {})).to.equal(false);
+    // the instances' backend topics (they carry credentials) are never the browser's
+    for (const action of ['subscribe', 'publish', 'call', 'register']) {
+      expect(authorize(details, 'waymark.internal.refresh', action, {}), action).to.equal(false);
+    }
+    expect(authorize(details, 'waymark.internal.', 'subscribe', { match: 'prefix' })).to.equal(false);
   });
 });
 

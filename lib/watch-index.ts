@@ -1,0 +1,217 @@
+import { Redis } from 'ioredis';
+import type { SessionId } from './types.js';
+
+/**
+ * What several instances share about watches: for each session, which watch ids exist and which
+ * instance owns each; and which instances are alive with which WAMP session. No credentials:
+ * tokens and headers never leave the owning process except over the router.
+ */
+export interface WatchIndex {
+  start(): Promise<void>;
+  /**
+   * Record that `instance` now owns watch `id` of `session`, unless that would put the session
+   * over `max` watches. `previous` is the former owner (null for a new watch).
+   */
+  claim(session: SessionId, id: string, instance: string, max: number): Promise<{ over: true } | { over: false; previous: string | null }>;
+  /** The owner of one watch, or null. */
+  owner(session: SessionId, id: string): Promise<string | null>;
+  /** Owners of all watches of these sessions (one round trip). */
+  owners(sessions: SessionId[]): Promise<Map<SessionId, Record<string, string>>>;
+  /** Remove one watch; returns 1 if it existed. */
+  remove(session: SessionId, id: string): Promise<number>;
+  /** How many watches the session has across all instances. */
+  count(session: SessionId): Promise<number>;
+  dropSession(session: SessionId): Promise<void>;
+  /** Take one call from the session's shared token bucket; false when it is over its rate. */
+  take(session: SessionId, perSecond: number, burst: number): Promise<boolean>;
+  /** Keep these sessions' entries from expiring (the owner calls this periodically). */
+  touch(sessions: SessionId[]): Promise<void>;
+  /** Announce an instance and its current WAMP session id. */
+  setInstance(instance: string, wampSession: number): Promise<void>;
+  instances(): Promise<Map<string, number>>;
+  /**
+   * Forget an instance if it is still recorded with this WAMP session (a newer session means it
+   * came back); true for exactly one caller when several race, so one of them reacts.
+   */
+  forgetInstance(instance: string, wampSession: number): Promise<boolean>;
+  close(): Promise<void>;
+}
+
+/**
+ * Atomic claim: a new id is admitted only while the session has fewer than ARGV[3] watches, so
+ * concurrent watches on different instances cannot overshoot the limit. Returns -1 when over it,
+ * else the previous owner ('' when new).
+ */
+const CLAIM = `
+local prev = redis.call('HGET', KEYS[1], ARGV[1])
+if not prev then
+  if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return -1 end
+  prev = ''
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return prev
+`;
+
+const FORGET = `
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+`;
+
+/**
+ * A token bucket per session shared by all instances (the same rule as SessionRateLimiter),
+ * on Redis's clock so instances with skewed clocks agree. The key expires once it would be full.
+ */
+const TAKE = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(b[1]) or burst
+local at = tonumber(b[2]) or now
+tokens = math.min(burst, tokens + (now - at) / 1000 * rate)
+local ok = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  ok = 1
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return ok
+`;
+
+export interface RedisWatchIndexOptions {
+  redisUrl: string;
+  /** key prefix: instances sharing it are one service */
+  prefix: string;
+  /** seconds a session's entries live without a touch (owners touch them every third of it) */
+  ttlSeconds?: number;
+  onError?: (err: Error) => void;
+}
+
+type ClaimingRedis = Redis & {
+  waymarkClaim(key: string, id: string, owner: string, max: number, ttl: number): Promise<string | number>;
+  waymarkForget(key: string, instance: string, wampSession: string): Promise<number>;
+  waymarkTake(key: string, perSecond: number, burst: number): Promise<number>;
+};
+
+/**
+ * The index in Redis: hash `<prefix>:watches:<session>` (watch id -> owner instance) with a TTL,
+ * hash `<prefix>:rate:<session>` (the shared token bucket) and hash `<prefix>:instances`
+ * (instance -> WAMP session id). Its own connection, without an
+ * offline queue: while Redis is away every call fails at once and the caller falls back to what
+ * it knows locally, instead of hanging a `waymark.watch`.
+ */
+export class RedisWatchIndex implements WatchIndex {
+  readonly ttlSeconds: number;
+  private readonly redis: ClaimingRedis;
+  private closing?: Promise<void>;
+
+  constructor(private readonly opts: RedisWatchIndexOptions) {
+    this.ttlSeconds = opts.ttlSeconds ?? 86_400;
+    this.redis = new Redis(opts.redisUrl, {
+      lazyConnect: true,
+      enableOfflineQueue: false,
+      // many watch calls arrive together: one write per event-loop tick for all their scripts
+      enableAutoPipelining: true,
+      maxRetriesPerRequest: 1,
+      retryStrategy: (n) => Math.min(200 * n, 2_000),
+    }) as ClaimingRedis;
+    this.redis.defineCommand('waymarkClaim', { numberOfKeys: 1, lua: CLAIM });
+    this.redis.defineCommand('waymarkForget', { numberOfKeys: 1, lua: FORGET });
+    this.redis.defineCommand('waymarkTake', { numberOfKeys: 1, lua: TAKE });
+    this.redis.on('error', (err: Error) => opts.onError?.(err));
+  }
+
+  private key(session: SessionId): string {
+    return `${this.opts.prefix}:watches:${session}`;
+  }
+
+  private rateKey(session: SessionId): string {
+    return `${this.opts.prefix}:rate:${session}`;
+  }
+
+  private get instancesKey(): string {
+    return `${this.opts.prefix}:instances`;
+  }
+
+  async start(): Promise<void> {
+    if (this.redis.status === 'wait') await this.redis.connect();
+  }
+
+  async claim(session: SessionId, id: string, instance: string, max: number) {
+    const r = await this.redis.waymarkClaim(this.key(session), id, instance, max, this.ttlSeconds);
+    if (r === -1) return { over: true as const };
+    return { over: false as const, previous: r === '' ? null : String(r) };
+  }
+
+  owner(session: SessionId, id: string): Promise<string | null> {
+    return this.redis.hget(this.key(session), id);
+  }
+
+  async owners(sessions: SessionId[]): Promise<Map<SessionId, Record<string, string>>> {
+    const out = new Map<SessionId, Record<string, string>>();
+    if (sessions.length === 0) return out;
+    const p = this.redis.pipeline();
+    for (const s of sessions) p.hgetall(this.key(s));
+    const replies = (await p.exec()) ?? [];
+    sessions.forEach((s, i) => {
+      const [err, value] = replies[i] ?? [new Error('no reply'), null];
+      if (err) throw err;
+      out.set(s, (value ?? {}) as Record<string, string>);
+    });
+    return out;
+  }
+
+  remove(session: SessionId, id: string): Promise<number> {
+    return this.redis.hdel(this.key(session), id);
+  }
+
+  count(session: SessionId): Promise<number> {
+    return this.redis.hlen(this.key(session));
+  }
+
+  async dropSession(session: SessionId): Promise<void> {
+    await this.redis.del(this.key(session), this.rateKey(session));
+  }
+
+  async take(session: SessionId, perSecond: number, burst: number): Promise<boolean> {
+    return (await this.redis.waymarkTake(this.rateKey(session), perSecond, burst)) === 1;
+  }
+
+  async touch(sessions: SessionId[]): Promise<void> {
+    if (sessions.length === 0) return;
+    const p = this.redis.pipeline();
+    for (const s of sessions) p.expire(this.key(s), this.ttlSeconds);
+    await p.exec();
+  }
+
+  async setInstance(instance: string, wampSession: number): Promise<void> {
+    await this.redis.hset(this.instancesKey, instance, String(wampSession));
+  }
+
+  async instances(): Promise<Map<string, number>> {
+    const all = await this.redis.hgetall(this.instancesKey);
+    return new Map(Object.entries(all).map(([k, v]) => [k, Number(v)]));
+  }
+
+  async forgetInstance(instance: string, wampSession: number): Promise<boolean> {
+    return (await this.redis.waymarkForget(this.instancesKey, instance, String(wampSession))) === 1;
+  }
+
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      if (this.redis.status === 'ready') {
+        try {
+          await this.redis.quit();
+          return;
+        } catch {
+          // fall through to a hard disconnect
+        }
+      }
+      this.redis.disconnect();
+    })();
+    return this.closing;
+  }
+}
