@@ -362,10 +362,11 @@ export class Dispatcher {
       } else if (result.status === 304 && v) {
         this.opts.metrics.unchangedSkipped.inc(watches.length);
       } else {
+        const hash = bodyHash(result);
         g.validators = result.status === 200 && result.validators
-          ? { ...result.validators, status: 200, bodyHash: bodyHash(result) }
+          ? { ...result.validators, status: 200, bodyHash: hash }
           : undefined;
-        await this.deliver(g, result, trigger);
+        await this.deliver(g, result, trigger, hash);
       }
     }
     if (g.next && this.closed) g.next = null; // a bump that came while fetching: too late now
@@ -382,11 +383,10 @@ export class Dispatcher {
   }
 
   /** Publish one result to every watch of the group, as it is now (not when the fetch began). */
-  private async deliver(g: Group, result: FetchResult, trigger: Trigger): Promise<void> {
+  private async deliver(g: Group, result: FetchResult, trigger: Trigger, hash: string): Promise<void> {
     const { metrics, logger, publisher, pushUnchanged } = this.opts;
     const watches = this.liveWatches(g);
     if (watches.length > 1) metrics.deduplicated.inc(watches.length - 1);
-    const hash = bodyHash(result);
     const rejected = CREDENTIALS_REJECTED.has(result.status);
     if (result.error) logger.warn('fetch failed', { path: g.path, cred: g.credKey, code: result.error.code, watches: watches.length });
     const publishes: Promise<void>[] = [];
