@@ -6,7 +6,7 @@ import { createBumper } from './bumper.js';
 import { createWaymark } from './component.js';
 import { loadConfig, type WaymarkConfig } from './config.js';
 import { ConfigError } from './errors.js';
-import { createLogger, type Logger } from './logger.js';
+import { createLogger, redactUrl, type Logger } from './logger.js';
 import { sessionTopic, PROC_WATCH, WAMP_SUBPROTOCOLS } from './uris.js';
 import { VERSION } from './version.js';
 
@@ -416,7 +416,7 @@ async function doctor(argv: string[], io: CliIO): Promise<number> {
   const timeoutMs = Number((values['timeout-ms'] as string | undefined) ?? 3_000);
   if (!Number.isInteger(timeoutMs) || timeoutMs < 1) throw new UsageError(`--timeout-ms must be a positive whole number\n\n${HELP.doctor}`);
   const config = loadConfig(io.env);
-  const { runDoctor, formatResult, redactUrl } = await import('./doctor.js');
+  const { runDoctor, formatResult } = await import('./doctor.js');
   io.stdout.write(`waymark doctor ${VERSION}: router ${redactUrl(config.routerUrl)} realm ${config.realm}, redis ${redactUrl(config.redisUrl)}, API ${config.apiUrl}\n`);
   const results = await runDoctor(config, { timeoutMs, onResult: (r) => io.stdout.write(`${formatResult(r)}\n`) });
   const failed = results.filter((r) => r.status === 'fail').map((r) => r.name);

@@ -11,7 +11,7 @@ import type { WaymarkConfig } from './config.js';
 import { Dispatcher } from './dispatcher.js';
 import { ConfigError, WaymarkError } from './errors.js';
 import { UndiciFetcher, type Fetcher } from './fetcher.js';
-import { silentLogger, type Logger } from './logger.js';
+import { redactUrl, silentLogger, type Logger } from './logger.js';
 import { Metrics } from './metrics.js';
 import { WampPublisher, type Publisher } from './publisher.js';
 import type { Bump, ForwardHeaders, WatchResult } from './types.js';
@@ -583,15 +583,6 @@ function errorText(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
-function redactUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = '***';
-    return u.toString();
-  } catch {
-    return '(invalid url)';
-  }
-}
 
 export function createWaymark(config: WaymarkConfig, opts: WaymarkOptions = {}): Waymark {
   return new Waymark(config, opts);

@@ -7,6 +7,7 @@ import { WebSocket } from 'undici';
 import type { WaymarkConfig } from './config.js';
 import { ERROR_URIS, PROC_WATCH, WAMP_SUBPROTOCOLS } from './uris.js';
 import { VERSION } from './version.js';
+import { redactUrl } from './logger.js';
 
 /**
  * `waymark doctor`: what an operator runs when "it does not push". Each check answers one
@@ -42,17 +43,6 @@ const MARK: Record<CheckStatus, string> = { ok: '✓', fail: '✗', skip: '–' 
 /** `✓ redis           PONG in 1 ms; ...` */
 export function formatResult(r: CheckResult): string {
   return `${MARK[r.status]} ${r.name.padEnd(15)} ${r.detail}`;
-}
-
-/** The URL with any password replaced, for printing. */
-export function redactUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = '***';
-    return u.toString();
-  } catch {
-    return '(invalid url)';
-  }
 }
 
 class TimeoutError extends Error {}

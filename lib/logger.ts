@@ -30,6 +30,17 @@ const redact = winston.format((info) => {
   return info;
 });
 
+/** The URL with any password replaced, for printing and logging. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return '(invalid url)';
+  }
+}
+
 export interface LoggerOptions {
   level?: string;
   format?: LogFormat;

@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { createServer, type Server } from 'node:http';
-import { randomChannel, testEnv } from './helpers/env.js';
+import { componentEnv, randomChannel, testEnv } from './helpers/env.js';
 import { cleanEnv, freePort, runCli, type Proc } from './helpers/spawn.js';
 import { startWaymark } from './helpers/harness.js';
 import { Upstream } from './helpers/upstream.js';
@@ -65,13 +65,7 @@ describe('command line', function () {
     const adminPort = await freePort();
     try {
       const p = run(['serve'], cleanEnv({
-        WAYMARK_API_URL: api.url,
-        WAYMARK_ROUTER_URL: testEnv.routerUrl,
-        WAYMARK_REALM: testEnv.realm,
-        WAYMARK_ROUTER_AUTHID: testEnv.authid,
-        WAYMARK_ROUTER_TICKET: testEnv.ticket,
-        WAYMARK_REDIS_URL: testEnv.redisUrl,
-        WAYMARK_BUMP_CHANNEL: randomChannel(),
+        ...componentEnv(randomChannel(), api.url),
         WAYMARK_ADMIN_PORT: String(adminPort),
       }));
       await p.waitForOutput(/waymark running/, 'stderr');

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { randomChannel, testEnv } from './helpers/env.js';
+import { componentEnv, randomChannel, testEnv } from './helpers/env.js';
 import { startWaymark, type Harness } from './helpers/harness.js';
 import { cleanEnv, freePort, runCli, type Proc } from './helpers/spawn.js';
 import { Upstream } from './helpers/upstream.js';
@@ -44,13 +44,7 @@ describe('waymark doctor', function () {
 
   /** The environment `waymark serve` would run with against the test router, Redis and upstream. */
   const envFor = (channel: string, extra: Record<string, string> = {}) => cleanEnv({
-    WAYMARK_ROUTER_URL: testEnv.routerUrl,
-    WAYMARK_REALM: testEnv.realm,
-    WAYMARK_ROUTER_AUTHID: testEnv.authid,
-    WAYMARK_ROUTER_TICKET: testEnv.ticket,
-    WAYMARK_REDIS_URL: testEnv.redisUrl,
-    WAYMARK_BUMP_CHANNEL: channel,
-    WAYMARK_API_URL: api.url,
+    ...componentEnv(channel, api.url),
     ...extra,
   });
 

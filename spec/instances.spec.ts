@@ -9,7 +9,7 @@ import {
   ERROR_URIS, INTERNAL_CLAIM, INTERNAL_JOINED, INTERNAL_REFRESH, INTERNAL_UNWATCH, PROC_UNWATCH, PROC_WATCH, PROC_REFRESH,
 } from '../lib/uris.js';
 import { watchId } from '../lib/watch-registry.js';
-import { randomChannel, sleep, testEnv, waitFor } from './helpers/env.js';
+import { componentEnv, randomChannel, sleep, testEnv, waitFor } from './helpers/env.js';
 import { startWaymark, type Harness } from './helpers/harness.js';
 import { cleanEnv, freePort, runCli, type Proc } from './helpers/spawn.js';
 import { Upstream, upstreamVersion } from './helpers/upstream.js';
@@ -234,13 +234,7 @@ describe('several instances', function () {
 
   it('keeps serving when the shared index is unreachable (limits then count per instance)', async function () {
     const config = loadConfig({
-      WAYMARK_ROUTER_URL: testEnv.routerUrl,
-      WAYMARK_REALM: testEnv.realm,
-      WAYMARK_ROUTER_AUTHID: testEnv.authid,
-      WAYMARK_ROUTER_TICKET: testEnv.ticket,
-      WAYMARK_REDIS_URL: testEnv.redisUrl,
-      WAYMARK_BUMP_CHANNEL: channel,
-      WAYMARK_API_URL: api.url,
+      ...componentEnv(channel, api.url),
       WAYMARK_ADMIN_PORT: '0',
       WAYMARK_MAX_WATCHES_PER_SESSION: '2',
     });
@@ -323,13 +317,7 @@ describe('several instances', function () {
       // one instance in-process, two as real processes on the same router, Redis and channel
       await start(1);
       const env = cleanEnv({
-        WAYMARK_ROUTER_URL: testEnv.routerUrl,
-        WAYMARK_REALM: testEnv.realm,
-        WAYMARK_ROUTER_AUTHID: testEnv.authid,
-        WAYMARK_ROUTER_TICKET: testEnv.ticket,
-        WAYMARK_REDIS_URL: testEnv.redisUrl,
-        WAYMARK_BUMP_CHANNEL: channel,
-        WAYMARK_API_URL: api.url,
+        ...componentEnv(channel, api.url),
         WAYMARK_ADMIN_PORT: '0',
         WAYMARK_LOG_LEVEL: 'info',
       });

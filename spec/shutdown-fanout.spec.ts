@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import { PROC_WATCH } from '../lib/uris.js';
-import { randomChannel, sleep, testEnv, waitFor } from './helpers/env.js';
+import { componentEnv, randomChannel, sleep, testEnv, waitFor } from './helpers/env.js';
 import { cleanEnv, freePort, runCli, type Proc } from './helpers/spawn.js';
 import { Upstream } from './helpers/upstream.js';
 import { ClientPool, type Client } from './helpers/wamp-client.js';
@@ -55,13 +55,7 @@ describe('graceful shutdown during a 10,000-watch fan-out', function () {
     const channel = randomChannel();
     const adminPort = await freePort();
     proc = runCli(['serve'], cleanEnv({
-      WAYMARK_API_URL: api.url,
-      WAYMARK_ROUTER_URL: testEnv.routerUrl,
-      WAYMARK_REALM: testEnv.realm,
-      WAYMARK_ROUTER_AUTHID: testEnv.authid,
-      WAYMARK_ROUTER_TICKET: testEnv.ticket,
-      WAYMARK_REDIS_URL: testEnv.redisUrl,
-      WAYMARK_BUMP_CHANNEL: channel,
+      ...componentEnv(channel, api.url),
       WAYMARK_ADMIN_PORT: String(adminPort),
       WAYMARK_LOG_LEVEL: 'warn', // 10,000 'watch added' lines would cost more than the fan-out
       WAYMARK_RATE_BURST: String(PATHS),

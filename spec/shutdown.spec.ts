@@ -3,7 +3,7 @@ import type { ServerResponse } from 'node:http';
 import { Redis } from 'ioredis';
 import type { WatchResult } from '../lib/types.js';
 import { PROC_WATCH } from '../lib/uris.js';
-import { randomChannel, sleep, testEnv, waitFor } from './helpers/env.js';
+import { componentEnv, randomChannel, sleep, testEnv, waitFor } from './helpers/env.js';
 import { cleanEnv, freePort, runCli, type Proc } from './helpers/spawn.js';
 import { Upstream } from './helpers/upstream.js';
 import { ClientPool } from './helpers/wamp-client.js';
@@ -43,13 +43,7 @@ describe('graceful shutdown (waymark serve)', function () {
 
   function serve(env: Record<string, string> = {}): Proc {
     const p = runCli(['serve'], cleanEnv({
-      WAYMARK_API_URL: api.url,
-      WAYMARK_ROUTER_URL: testEnv.routerUrl,
-      WAYMARK_REALM: testEnv.realm,
-      WAYMARK_ROUTER_AUTHID: testEnv.authid,
-      WAYMARK_ROUTER_TICKET: testEnv.ticket,
-      WAYMARK_REDIS_URL: testEnv.redisUrl,
-      WAYMARK_BUMP_CHANNEL: channel,
+      ...componentEnv(channel, api.url),
       WAYMARK_ADMIN_PORT: '0',
       ...env,
     }));

@@ -30,3 +30,16 @@ export async function waitFor<T>(what: string, check: () => T | Promise<T>, time
     await sleep(10);
   }
 }
+
+/** The settings of a component on the test router and Redis, for loadConfig or a spawned `waymark serve`. */
+export function componentEnv(channel: string, apiUrl: string): Record<string, string> {
+  return {
+    WAYMARK_ROUTER_URL: testEnv.routerUrl,
+    WAYMARK_REALM: testEnv.realm,
+    WAYMARK_ROUTER_AUTHID: testEnv.authid,
+    WAYMARK_ROUTER_TICKET: testEnv.ticket,
+    WAYMARK_REDIS_URL: testEnv.redisUrl,
+    WAYMARK_BUMP_CHANNEL: channel,
+    WAYMARK_API_URL: apiUrl,
+  };
+}

@@ -3,7 +3,7 @@ import { Redis } from 'ioredis';
 import { createWaymark, type Waymark } from '../../lib/component.js';
 import { loadConfig } from '../../lib/config.js';
 import { createLogger } from '../../lib/logger.js';
-import { randomChannel, testEnv } from './env.js';
+import { componentEnv, randomChannel, testEnv } from './env.js';
 
 export interface Harness {
   waymark: Waymark;
@@ -19,13 +19,7 @@ export interface Harness {
 export async function startWaymark(apiUrl: string, env: Record<string, string> = {}): Promise<Harness> {
   const channel = randomChannel();
   const config = loadConfig({
-    WAYMARK_ROUTER_URL: testEnv.routerUrl,
-    WAYMARK_REALM: testEnv.realm,
-    WAYMARK_ROUTER_AUTHID: testEnv.authid,
-    WAYMARK_ROUTER_TICKET: testEnv.ticket,
-    WAYMARK_REDIS_URL: testEnv.redisUrl,
-    WAYMARK_BUMP_CHANNEL: channel,
-    WAYMARK_API_URL: apiUrl,
+    ...componentEnv(channel, apiUrl),
     WAYMARK_ADMIN_PORT: '0',
     WAYMARK_LOG_LEVEL: 'debug',
     ...env,
