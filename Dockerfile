@@ -14,9 +14,11 @@ COPY tsconfig.json ./
 COPY lib ./lib
 COPY dev ./dev
 COPY bin ./bin
+COPY scripts ./scripts
 # Compile only what runs (lib/ and dev/): the project tsconfig also includes spec/ and bench/.
 RUN printf '{ "extends": "./tsconfig.json", "include": ["lib/**/*.ts", "dev/**/*.ts"] }\n' > tsconfig.docker.json \
  && npx tsc -p tsconfig.docker.json \
+ && node scripts/build-browser.mjs \
  && npm prune --omit=dev --ignore-scripts --no-audit --no-fund
 
 # ---- runtime: production dependencies and compiled code, non-root ----
@@ -28,6 +30,9 @@ COPY --from=build /app/package.json ./package.json
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist/lib ./dist/lib
 COPY --from=build /app/dist/dev ./dist/dev
+# the browser demo that `demo-api --router-url` serves: its page and the client bundle
+COPY --from=build /app/dist/browser ./dist/browser
+COPY --from=build /app/dev/demo ./dev/demo
 COPY --from=build /app/bin ./bin
 
 USER node

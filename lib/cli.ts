@@ -75,14 +75,16 @@ Exit code 0 when every check passes, 1 when one fails, 2 on a bad setting.
 
 Options:
   --timeout-ms N  upper bound of each check (default 3000)`,
-  'demo-api': `Usage: waymark demo-api [--host H] [--port N]
+  'demo-api': `Usage: waymark demo-api [--host H] [--port N] [--router-url URL]
 
 Runs the demo API alone: GET /users/:id answers per bearer token (alice, bob; 401 without),
 PUT /users/:id edits your own profile and bumps it on WAYMARK_REDIS_URL.
 
 Options:
-  --host H       address to listen on (default 127.0.0.1)
-  --port N       port (default 8000)`,
+  --host H          address to listen on (default 127.0.0.1)
+  --port N          port (default 8000)
+  --router-url URL  also serve the browser demo at /, connecting browsers to this router
+                    WebSocket URL (realm WAYMARK_REALM, default realm1); needs \`npm run build\``,
 };
 
 export interface CliIO {
@@ -396,17 +398,20 @@ async function bump(argv: string[], io: CliIO): Promise<number> {
 }
 
 async function demoApi(argv: string[], io: CliIO): Promise<number> {
-  const { values } = parse('demo-api', argv, { host: { type: 'string' }, port: { type: 'string' } });
+  const { values } = parse('demo-api', argv, { host: { type: 'string' }, port: { type: 'string' }, 'router-url': { type: 'string' } });
   if (values.help) { io.stdout.write(`${HELP['demo-api']}\n`); return 0; }
+  const routerUrl = values['router-url'] as string | undefined;
+  if (routerUrl !== undefined && !/^wss?:\/\/[^\s]+$/.test(routerUrl)) throw new UsageError(`--router-url must be a ws:// or wss:// URL\n\n${HELP['demo-api']}`);
   const { startDemoApi } = await import('../dev/demo-api.js');
   const bumper = createBumper(bumperTarget(io.env));
   const api = await startDemoApi({
     host: (values.host as string | undefined) ?? '127.0.0.1',
     port: Number((values.port as string | undefined) ?? 8000),
     bump: async (path) => { await bumper.bump(path); },
+    ...(routerUrl ? { page: { routerUrl, realm: io.env.WAYMARK_REALM || 'realm1' } } : {}),
   });
   const logger = createLogger({ level: 'info', format: 'json', stream: io.stderr });
-  logger.info('demo API listening', { url: api.url });
+  logger.info('demo API listening', { url: api.url, ...(routerUrl ? { demoPage: `${api.url}/`, routerUrl } : {}) });
   return untilSignal(async () => { await api.close(); await bumper.close(); }, logger, 5_000);
 }
 

@@ -60,6 +60,19 @@ describe('command line', function () {
     }
   });
 
+  it('demo-api --router-url serves the browser demo page pointing at that router (as docker compose runs it)', async function () {
+    const p = run(['demo-api', '--port', '0', '--router-url', 'ws://localhost:8080/ws'], cleanEnv({ WAYMARK_REDIS_URL: testEnv.redisUrl, WAYMARK_BUMP_CHANNEL: randomChannel() }));
+    const [, url] = await p.waitForOutput(/"url":"(http:\/\/127\.0\.0\.1:\d+)"/, 'stderr');
+    const config = await (await fetch(`${url}/config.json`)).json();
+    expect(config).to.deep.equal({ routerUrl: 'ws://localhost:8080/ws', realm: 'realm1' });
+    const page = await fetch(`${url}/`);
+    expect(page.status).to.equal(200);
+    expect(await page.text()).to.include('waymark-client.js');
+    expect((await fetch(`${url}/waymark-client.js`)).status).to.equal(200);
+    const bad = await run(['demo-api', '--router-url', 'http://x'], cleanEnv({})).exited;
+    expect(bad).to.equal(2);
+  });
+
   it('serve joins the router, answers /readyz, and exits 0 on SIGTERM', async function () {
     const api = await new Upstream().start();
     const adminPort = await freePort();

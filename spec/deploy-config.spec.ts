@@ -693,7 +693,7 @@ describe('deployment: docker-compose.yml and .env.example', () => {
       const build = services[name].build;
       expect(build === '.' || (isObj(build) && (build.context === '.' || build.context === './')), `${name} build`).to.equal(true);
     }
-    expect(services.api.command).to.deep.equal(['demo-api', '--host', '0.0.0.0', '--port', '8000']);
+    expect(services.api.command).to.deep.equal(['demo-api', '--host', '0.0.0.0', '--port', '8000', '--router-url', 'ws://localhost:8080/ws']);
     expect(services.waymark.command).to.deep.equal(['serve']);
     expect(String((services.api.healthcheck as Obj).test)).to.include('http://127.0.0.1:8000/healthz');
     expect(String((services.waymark.healthcheck as Obj).test)).to.include('http://127.0.0.1:8081/readyz');
