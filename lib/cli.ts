@@ -331,15 +331,18 @@ async function watch(argv: string[], io: CliIO): Promise<number> {
   if (Object.keys(headers).length) options.headers = headers;
   if (values.snapshot) options.snapshot = true;
 
+  // stdout is for Updates and stderr for our own one-line messages, not autobahn's chatter
+  routeAutobahnWarnings(createLogger({ level: 'warn', stream: io.stderr }));
   return new Promise<number>((resolve) => {
     let printed = 0;
     let done = false;
+    let closed = false;
     const connection = new autobahn.Connection({ url, realm, protocols: WAMP_SUBPROTOCOLS, max_retries: 0 });
     const finish = (code: number, message?: string) => {
       if (done) return;
       done = true;
       if (message) io.stderr.write(`waymark watch: ${message}\n`);
-      if (connection.isOpen) connection.close();
+      if (!closed && connection.isOpen) connection.close();
       resolve(code);
     };
     const print = (update: unknown) => {
@@ -360,7 +363,10 @@ async function watch(argv: string[], io: CliIO): Promise<number> {
       }
     };
     connection.onclose = (reason, details) => {
-      finish(1, `cannot reach the router at ${url} (${(details as { reason?: string })?.reason ?? reason})`);
+      closed = true; // closing it again from here would throw inside autobahn
+      finish(1, reason === 'lost'
+        ? `lost the connection to the router at ${url}`
+        : `cannot reach the router at ${url} (${(details as { reason?: string })?.reason ?? reason})`);
       return true;
     };
     process.once('SIGINT', () => finish(0));

@@ -175,4 +175,12 @@ describe('command line', function () {
       await api.close();
     }
   });
+
+  it('watch says in one line that the router cannot be reached, and exits 1', async function () {
+    const port = await freePort();
+    const p = run(['watch', '/users/1'], cleanEnv({ WAYMARK_ROUTER_URL: `ws://127.0.0.1:${port}/ws` }));
+    expect(await p.exited).to.equal(1);
+    expect(p.stderr.trim()).to.match(/^waymark watch: cannot reach the router at ws:\/\/127\.0\.0\.1:\d+\/ws \([^)]*\)$/);
+    expect(p.stdout).to.equal('');
+  });
 });
