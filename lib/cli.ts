@@ -427,6 +427,8 @@ async function doctor(argv: string[], io: CliIO): Promise<number> {
   const timeoutMs = Number((values['timeout-ms'] as string | undefined) ?? 3_000);
   if (!Number.isInteger(timeoutMs) || timeoutMs < 1) throw new UsageError(`--timeout-ms must be a positive whole number\n\n${HELP.doctor}`);
   const config = loadConfig(io.env);
+  // the check lines are the whole output: autobahn's console chatter goes to a quiet logger
+  routeAutobahnWarnings(createLogger({ level: 'warn', stream: io.stderr }));
   const { runDoctor, formatResult } = await import('./doctor.js');
   io.stdout.write(`waymark doctor ${VERSION}: router ${redactUrl(config.routerUrl)} realm ${config.realm}, redis ${redactUrl(config.redisUrl)}, API ${config.apiUrl}\n`);
   const results = await runDoctor(config, { timeoutMs, onResult: (r) => io.stdout.write(`${formatResult(r)}\n`) });

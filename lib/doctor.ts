@@ -2,8 +2,8 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { request as httpRequest, type ClientRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import type { Socket } from 'node:net';
+import autobahn from 'autobahn';
 import { Redis } from 'ioredis';
-import { WebSocket } from 'undici';
 import type { WaymarkConfig } from './config.js';
 import { ERROR_URIS, PROC_WATCH, WAMP_SUBPROTOCOLS } from './uris.js';
 import { VERSION } from './version.js';
@@ -15,10 +15,9 @@ import { redactUrl } from './logger.js';
  * join the realm, authenticate as the component does, use Redis, reach the API, and is a Waymark
  * instance attached to the realm. Every check is bounded by its own timeout.
  *
- * The WAMP side speaks the few messages it needs (HELLO, CHALLENGE/AUTHENTICATE, WELCOME/ABORT,
- * CALL, RESULT/ERROR, GOODBYE) itself over undici's WebSocket instead of going through autobahn:
- * autobahn prints every closed or refused connection on the console, and the doctor's whole
- * output is meant to be its check lines.
+ * The router check is a bare WebSocket handshake (it can report the HTTP status or a missing
+ * subprotocol); the realm, authentication and waymark.watch checks use one autobahn session,
+ * whose console chatter `waymark doctor` routes to its (quiet) logger.
  */
 
 export type CheckStatus = 'ok' | 'fail' | 'skip';
@@ -120,9 +119,7 @@ async function checkRouter(rawUrl: string, timeoutMs: number): Promise<CheckResu
 // a WAMP session, just enough of it
 // ---------------------------------------------------------------------------------------------
 
-const HELLO = 1, WELCOME = 2, ABORT = 3, CHALLENGE = 4, AUTHENTICATE = 5, GOODBYE = 6, ERROR = 8, CALL = 48, RESULT = 50;
-
-/** The router ended the join: ABORT's reason URI (wamp.error.no_such_realm, ...) and message. */
+/** The router ended the join (ABORT's reason URI: wamp.error.no_such_realm, ...) or refused a call. */
 class Refused extends Error {
   constructor(readonly reason: string, message: string) {
     super(message ? `${reason} (${message})` : reason);
@@ -136,96 +133,57 @@ interface Welcome {
   authmethod?: string;
 }
 
+/** One autobahn session for the realm, authentication and waymark.watch checks. */
 class WampProbe {
-  private waiter?: { resolve: (msg: unknown[]) => void; reject: (err: Error) => void };
-  private closed = false;
-  private nextRequest = 1;
+  private constructor(private readonly connection: autobahn.Connection, private readonly session: autobahn.Session) {}
 
-  private constructor(private readonly ws: WebSocket) {
-    ws.addEventListener('message', (ev) => {
-      let msg: unknown;
-      try {
-        msg = JSON.parse(String(ev.data));
-      } catch {
-        return;
-      }
-      if (Array.isArray(msg) && this.waiter) {
-        const w = this.waiter;
-        this.waiter = undefined;
-        w.resolve(msg);
-      }
+  /** Joins anonymously, or with a ticket when credentials are given; resolves with WELCOME's details. */
+  static join(url: string, realm: string, auth: { authid: string; ticket: string } | undefined, timeoutMs: number): Promise<{ probe: WampProbe; welcome: Welcome }> {
+    const connection = new autobahn.Connection({
+      url, realm, protocols: WAMP_SUBPROTOCOLS, max_retries: 0, retry_if_unreachable: false,
+      ...(auth
+        ? {
+          authmethods: ['ticket'], authid: auth.authid,
+          onchallenge: (_session: autobahn.Session, method: string) => {
+            if (method !== 'ticket') throw new Error(`the router asked for ${method} authentication`);
+            return auth.ticket;
+          },
+        }
+        : { authmethods: ['anonymous'] }),
+      // a refused challenge is reported by the check, not printed by autobahn
+      on_user_error: () => undefined,
     });
-    ws.addEventListener('close', (ev) => {
-      this.closed = true;
-      const w = this.waiter;
-      this.waiter = undefined;
-      w?.reject(new Error(`the router closed the connection (${ev.code}${ev.reason ? ` ${ev.reason}` : ''})`));
+    const joined = new Promise<{ probe: WampProbe; welcome: Welcome }>((resolve, reject) => {
+      connection.onopen = (session, details) => {
+        const d = (details ?? {}) as Omit<Welcome, 'session'>;
+        resolve({ probe: new WampProbe(connection, session), welcome: { session: session.id, authid: d.authid, authrole: d.authrole, authmethod: d.authmethod } });
+      };
+      connection.onclose = (reason, details) => {
+        const d = (details ?? {}) as { reason?: string | null; message?: string };
+        reject(d.reason ? new Refused(d.reason, d.message ?? '') : new Error(`the router closed the connection (${reason})`));
+        return true;
+      };
     });
+    connection.open();
+    return within(timeoutMs, 'WELCOME', joined, () => { try { connection.close(); } catch { /* not open */ } });
   }
 
-  static open(url: string, timeoutMs: number): Promise<WampProbe> {
-    const ws = new WebSocket(url, WAMP_SUBPROTOCOLS);
-    const opened = new Promise<WampProbe>((resolve, reject) => {
-      ws.addEventListener('open', () => resolve(new WampProbe(ws)), { once: true });
-      ws.addEventListener('error', (ev) => reject(new Error(reasonOf((ev as unknown as { error?: unknown }).error ?? 'WebSocket error'))), { once: true });
-    });
-    return within(timeoutMs, 'WebSocket', opened, () => ws.close());
-  }
-
-  private send(msg: unknown[]): void {
-    this.ws.send(JSON.stringify(msg));
-  }
-
-  private receive(timeoutMs: number, what: string): Promise<unknown[]> {
-    if (this.closed) return Promise.reject(new Error('the router closed the connection'));
-    return within(timeoutMs, what, new Promise<unknown[]>((resolve, reject) => { this.waiter = { resolve, reject }; }), () => { this.waiter = undefined; });
-  }
-
-  /** HELLO, answering a ticket CHALLENGE when credentials are given; resolves with WELCOME's details. */
-  async join(realm: string, auth: { authid: string; ticket: string } | undefined, timeoutMs: number): Promise<Welcome> {
-    const deadline = performance.now() + timeoutMs;
-    const left = () => Math.max(1, Math.round(deadline - performance.now()));
-    this.send([HELLO, realm, {
-      roles: { caller: { features: { caller_identification: true } } },
-      ...(auth ? { authmethods: ['ticket'], authid: auth.authid } : { authmethods: ['anonymous'] }),
-      agent: `waymark/${VERSION} (doctor)`,
-    }]);
-    let msg = await this.receive(left(), 'WELCOME');
-    if (msg[0] === CHALLENGE) {
-      if (!auth || msg[1] !== 'ticket') throw new Refused('wamp.error.authentication_failed', `the router asked for ${String(msg[1])} authentication`);
-      this.send([AUTHENTICATE, auth.ticket, {}]);
-      msg = await this.receive(left(), 'WELCOME');
+  /** CALL; resolves with the result, or rejects with the WAMP error URI and message. */
+  async call(procedure: string, args: unknown[], timeoutMs: number): Promise<unknown> {
+    try {
+      return await within(timeoutMs, `answer to ${procedure}`, Promise.resolve(this.session.call(procedure, args, {}, { timeout: timeoutMs })));
+    } catch (err) {
+      if (err instanceof autobahn.Error) throw new Refused(err.error, typeof err.args?.[0] === 'string' ? err.args[0] : '');
+      throw err;
     }
-    if (msg[0] === ABORT) {
-      const details = (msg[1] ?? {}) as { message?: string };
-      throw new Refused(String(msg[2]), details.message ?? '');
-    }
-    if (msg[0] !== WELCOME || typeof msg[1] !== 'number') throw new Error(`unexpected WAMP message ${JSON.stringify(msg).slice(0, 80)}`);
-    const d = (msg[2] ?? {}) as Omit<Welcome, 'session'>;
-    return { session: msg[1], authid: d.authid, authrole: d.authrole, authmethod: d.authmethod };
-  }
-
-  /** CALL; resolves with the result's args, or rejects with the WAMP error URI and message. */
-  async call(procedure: string, args: unknown[], timeoutMs: number): Promise<unknown[]> {
-    const id = this.nextRequest++;
-    this.send([CALL, id, { timeout: timeoutMs }, procedure, args]);
-    const msg = await this.receive(timeoutMs, `answer to ${procedure}`);
-    if (msg[0] === RESULT && msg[1] === id) return (msg[3] as unknown[] | undefined) ?? [];
-    if (msg[0] === ERROR && msg[2] === id) {
-      const errArgs = (msg[5] as unknown[] | undefined) ?? [];
-      throw new Refused(String(msg[4]), typeof errArgs[0] === 'string' ? errArgs[0] : '');
-    }
-    throw new Error(`unexpected WAMP message ${JSON.stringify(msg).slice(0, 80)}`);
   }
 
   close(): void {
-    if (this.closed) return;
     try {
-      this.send([GOODBYE, {}, 'wamp.close.normal']);
+      this.connection.close();
     } catch {
-      // already closing
+      // already closed
     }
-    this.ws.close();
   }
 }
 
@@ -237,13 +195,11 @@ async function checkSession(config: WaymarkConfig, timeoutMs: number, report: (r
   const auth = routerAuthid ? { authid: routerAuthid, ticket: routerTicket ?? '' } : undefined;
   const who = auth ? `authid ${auth.authid} (WAMP-ticket)` : 'anonymous (WAYMARK_ROUTER_AUTHID is not set)';
   const t0 = performance.now();
-  let probe: WampProbe | undefined;
+  let probe: WampProbe;
   let welcome: Welcome;
   try {
-    probe = await WampProbe.open(routerUrl, timeoutMs);
-    welcome = await probe.join(realm, auth, timeoutMs);
+    ({ probe, welcome } = await WampProbe.join(routerUrl, realm, auth, timeoutMs));
   } catch (err) {
-    probe?.close();
     if (err instanceof Refused && /no_such_realm/.test(err.reason)) {
       report({ name: 'realm', status: 'fail', detail: `the router has no realm ${JSON.stringify(realm)}: ${err.message}; fix WAYMARK_REALM` });
       report({ name: 'authentication', status: 'skip', detail: 'not checked: the realm does not exist' });
@@ -276,8 +232,7 @@ async function probeRealm(url: string, realm: string, timeoutMs: number, triedTi
   const name = 'realm';
   let probe: WampProbe | undefined;
   try {
-    probe = await WampProbe.open(url, timeoutMs);
-    await probe.join(realm, undefined, timeoutMs);
+    ({ probe } = await WampProbe.join(url, realm, undefined, timeoutMs));
     return { name, status: 'ok', detail: `${JSON.stringify(realm)} exists (an anonymous session joined it)` };
   } catch (err) {
     if (err instanceof Refused && /no_such_realm/.test(err.reason)) {
