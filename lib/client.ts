@@ -169,7 +169,11 @@ export class WaymarkClient {
     // Keep the ids while re-watching: on the same session they stay the same, and an Update that
     // arrives before the call returns is the change the re-watch is there to catch. (A new
     // session cleared them on close.)
-    await Promise.all([...this.handles].filter((h) => h.active).map((h) => this.establish(h).catch((err: Error) => this.emit('error', err))));
+    // After our own reconnect the Updates published meanwhile went to the old session: a
+    // snapshot brings each watch up to date. (After a restart or resync the instance taking the
+    // watch refetches it, so no snapshot is needed.)
+    const catchUp = reason === 'reconnect';
+    await Promise.all([...this.handles].filter((h) => h.active).map((h) => this.establish(h, catchUp).catch((err: Error) => this.emit('error', err))));
     this.emit('resync', { reason });
   }
 
@@ -182,10 +186,12 @@ export class WaymarkClient {
     h.callback(withJson(update));
   }
 
-  private async establish(h: Handle): Promise<void> {
+  /** `catchUp`: ask for a snapshot this once, for what changed while this client could not hear. */
+  private async establish(h: Handle, catchUp = false): Promise<void> {
     const session = this.session;
     if (!session) return;
-    const result = await session.call<WatchResult>(PROC_WATCH, [h.path, h.options]);
+    const options = catchUp ? { ...h.options, snapshot: true } : h.options;
+    const result = await session.call<WatchResult>(PROC_WATCH, [h.path, options]);
     if (!h.active) return;
     if (h.id && h.id !== result.watch && this.byId.get(h.id) === h) this.byId.delete(h.id);
     h.id = result.watch;

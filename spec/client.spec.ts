@@ -43,7 +43,7 @@ describe('waymark/client', function () {
     expect(a).to.have.length(2);
   });
 
-  it('re-watches everything after a reconnect with a new session id', async function () {
+  it('re-watches everything after a reconnect with a new session id, catching up on what changed meanwhile', async function () {
     client = await connectWaymark({ url: testEnv.routerUrl, realm: testEnv.realm, maxRetryDelay: 0.5 });
     const states: ConnectionState[] = [];
     client.on('state', (s) => states.push(s));
@@ -51,14 +51,19 @@ describe('waymark/client', function () {
     const w = await client.watch('/r', { token: 't' }, (u) => got.push(u));
     const oldId = w.id!;
     expect(wm.waymark.registry.get(oldId)).not.to.equal(undefined);
-    // drop the WebSocket under the client, as a network blip would
+    // drop the WebSocket under the client, as a network blip would, and change the data meanwhile
     (client as unknown as { connection: { _transport: { close(): void } } }).connection._transport.close();
+    upstreamVersion.value = 4;
+    await wm.bump('/r');
     await waitFor('a new session with the watch again', () => states.includes('open') && w.id !== oldId
       && wm.waymark.registry.size === 1 && wm.waymark.registry.get(oldId) === undefined, 10_000);
+    // the change made while away arrives as the re-watch's snapshot
+    await waitFor('the catch-up after the reconnect', () => got.some((u) => (u.json as { version?: number })?.version === 4));
+    const before = got.length;
     upstreamVersion.value = 5;
     await wm.bump('/r');
-    await waitFor('the update after the reconnect', () => got.length === 1);
-    expect(got[0].json).to.deep.include({ version: 5 });
+    await waitFor('the update after the reconnect', () => got.length === before + 1);
+    expect(got.at(-1)!.json).to.deep.include({ version: 5 });
     expect(states).to.include('reconnecting');
   });
 
