@@ -133,7 +133,7 @@ describe('dev router adapter (fox-wamp behaving like Crossbar 22.6.1)', function
   before(async function () {
     // This spec tests the adapter itself, not an external router: when the suite runs against
     // another router (WAYMARK_TEST_ROUTER_URL, e.g. a real Crossbar), there is nothing to test.
-    if (process.env.WAYMARK_TEST_ROUTER_URL) this.skip();
+    if (process.env.WAYMARK_TEST_ROUTER_URL) this.skip(); // skipped on purpose: against an external router there is no adapter to test
     router = await startDevRouter({ port: 0, backendTickets: TICKETS });
     url = router.url;
   });
