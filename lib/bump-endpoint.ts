@@ -3,6 +3,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { MAX_BUMP_MESSAGE_BYTES, parseBumpMessage } from './bump-source.js';
 import { Redis } from 'ioredis';
 import { createBumper, type Bumper, type BumperOptions } from './bumper.js';
+import { withDeadline } from './deadline.js';
 import { DEFAULTS } from './config.js';
 import type { Logger } from './logger.js';
 import { RateLimitedLog } from './rate-limited-log.js';
@@ -150,20 +151,12 @@ export class BumpEndpoint {
       return;
     }
     const accepted: BumpAccepted = { paths: parsed.paths, id: parsed.id ?? randomUUID() };
-    let timer: NodeJS.Timeout | undefined;
     try {
-      await Promise.race([
-        this.publisher().bump(accepted.paths, { id: accepted.id }),
-        new Promise((_, reject) => {
-          timer = setTimeout(() => reject(new Error(`no answer from Redis within ${this.publishTimeoutMs} ms`)), this.publishTimeoutMs);
-        }),
-      ]);
+      await withDeadline(this.publisher().bump(accepted.paths, { id: accepted.id }), this.publishTimeoutMs, `no answer from Redis within ${this.publishTimeoutMs} ms`);
     } catch (err) {
       this.warnings.warn('bump-publish-failed', 'POST /bump could not publish', { error: (err as Error).message });
       this.answer(res, 503, { error: 'could not publish the bump to Redis; try again' }, { 'retry-after': '1' });
       return;
-    } finally {
-      clearTimeout(timer);
     }
     this.opts.logger.info('bump accepted over HTTP', { bump: accepted.id, paths: accepted.paths.length });
     this.answer(res, 202, accepted);

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
+import { waitAtMost } from './deadline.js';
 import type { Logger } from './logger.js';
 import { RateLimitedLog } from './rate-limited-log.js';
 import type { Bump } from './types.js';
@@ -259,9 +260,7 @@ abstract class RedisSource implements BumpSource {
         try {
           if (redis.status !== 'ready') throw new Error('not connected');
           // A silent connection would never answer QUIT.
-          let timer: NodeJS.Timeout | undefined;
-          await Promise.race([redis.quit(), new Promise((resolve) => { timer = setTimeout(resolve, 1_000); })]);
-          clearTimeout(timer);
+          await waitAtMost(redis.quit(), 1_000);
         } catch {
           // closed below
         }
@@ -466,33 +465,29 @@ export class RedisStreamBumpSource extends RedisSource {
   }
 
   /** A command that must not hang on a silent connection: past the deadline, reconnect. */
-  private async deadline<T>(reader: Redis, what: string, p: Promise<T>): Promise<T> {
+  private deadline<T>(reader: Redis, what: string, p: Promise<T>): Promise<T> {
     if (this.probeMs <= 0) return p;
-    const ms = 2 * this.probeMs;
+    return this.guard(reader, 2 * this.probeMs, 'redis command not answered; reconnecting', { command: what }, p);
+  }
+
+  private xread(reader: Redis): Promise<Array<[string, Array<[string, string[]]>]> | null> {
+    const block = this.blockMs;
+    const read = reader.xread('COUNT', STREAM_BATCH, 'BLOCK', block, 'STREAMS', this.opts.stream, this.cursor) as
+      Promise<Array<[string, Array<[string, string[]]>]> | null>;
+    if (this.probeMs <= 0) return read;
+    return this.guard(reader, block + this.probeMs, 'redis stream read not answered; reconnecting', { stream: this.opts.stream }, read);
+  }
+
+  /** `p`, but past `ms` the connection is taken for silent: warn and reconnect, which fails `p`. */
+  private async guard<T>(reader: Redis, ms: number, message: string, meta: Record<string, unknown>, p: Promise<T>): Promise<T> {
     const timer = setTimeout(() => {
-      this.logger.warn('redis command not answered; reconnecting', { command: what, waitedMs: ms });
+      this.logger.warn(message, { ...meta, waitedMs: ms });
       reader.disconnect(true);
     }, ms);
     try {
       return await p;
     } finally {
       clearTimeout(timer);
-    }
-  }
-
-  private async xread(reader: Redis): Promise<Array<[string, Array<[string, string[]]>]> | null> {
-    const block = this.blockMs;
-    const watchdog = this.probeMs > 0
-      ? setTimeout(() => {
-        this.logger.warn('redis stream read not answered; reconnecting', { stream: this.opts.stream, waitedMs: block + this.probeMs });
-        reader.disconnect(true);
-      }, block + this.probeMs)
-      : undefined;
-    try {
-      return await reader.xread('COUNT', STREAM_BATCH, 'BLOCK', block, 'STREAMS', this.opts.stream, this.cursor) as
-        Array<[string, Array<[string, string[]]>]> | null;
-    } finally {
-      clearTimeout(watchdog);
     }
   }
 

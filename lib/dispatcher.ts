@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { isFailure } from './circuit-breaker.js';
+import { waitAtMost } from './deadline.js';
 import type { Fetcher } from './fetcher.js';
 import type { Logger } from './logger.js';
 import { Metrics } from './metrics.js';
@@ -56,6 +57,10 @@ function toUpdate(watch: Watch, r: FetchResult, bump: Bump | null): Update {
   };
   if (r.error) u.error = r.error;
   return u;
+}
+
+function groupKey(path: string, credKey: string): string {
+  return `${credKey}\0${path}`;
 }
 
 function bodyHash(result: FetchResult): string {
@@ -180,22 +185,14 @@ export class Dispatcher {
     watch.lastSent = { status: result.status, bodyHash: bodyHash(result) };
     if (CREDENTIALS_REJECTED.has(result.status)) watch.suspended = true;
     // A failed snapshot is refetched with the failed groups once the API answers again.
-    const key = `${watch.credKey}\0${watch.path}`;
-    if (isFailure(result)) {
-      if (!this.groups.has(key)) this.groups.set(key, { key, path: watch.path, credKey: watch.credKey, state: 'idle', next: null, retried: false });
-      this.failed.add(key);
-    } else {
-      this.failed.delete(key);
-    }
+    if (isFailure(result)) this.failed.add(this.groupOf(watch.path, watch.credKey).key);
+    else this.failed.delete(groupKey(watch.path, watch.credKey));
     return toUpdate(watch, result, null);
   }
 
   /** Wait for queued and in-flight work, up to a deadline. Returns how much was left. */
   async drain(deadlineMs: number): Promise<number> {
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<void>((resolve) => { timer = setTimeout(resolve, deadlineMs); });
-    await Promise.race([this.settled(), timeout]);
-    clearTimeout(timer);
+    await waitAtMost(this.settled(), deadlineMs);
     return this.busy;
   }
 
@@ -232,11 +229,17 @@ export class Dispatcher {
     return this.idle.promise;
   }
 
-  private schedule(path: string, credKey: string, trigger: Trigger): void {
-    if (this.closed) return;
-    const key = `${credKey}\0${path}`;
+  /** The group of (path, credentials), created idle on first use. */
+  private groupOf(path: string, credKey: string): Group {
+    const key = groupKey(path, credKey);
     let g = this.groups.get(key);
     if (!g) this.groups.set(key, (g = { key, path, credKey, state: 'idle', next: null, retried: false }));
+    return g;
+  }
+
+  private schedule(path: string, credKey: string, trigger: Trigger): void {
+    if (this.closed) return;
+    const g = this.groupOf(path, credKey);
     if (g.state === 'idle') {
       g.next = trigger;
       g.retried = false;

@@ -8,6 +8,7 @@ import type { WaymarkConfig } from './config.js';
 import { ERROR_URIS, PROC_WATCH, WAMP_SUBPROTOCOLS } from './uris.js';
 import { VERSION } from './version.js';
 import { redactUrl } from './logger.js';
+import { DeadlineError, withDeadline } from './deadline.js';
 
 /**
  * `waymark doctor`: what an operator runs when "it does not push". Each check answers one
@@ -44,17 +45,9 @@ export function formatResult(r: CheckResult): string {
   return `${MARK[r.status]} ${r.name.padEnd(15)} ${r.detail}`;
 }
 
-class TimeoutError extends Error {}
-
+/** Every check's bound, worded the same way: `no PONG within 3000 ms`. */
 function within<T>(ms: number, what: string, work: Promise<T>, onTimeout?: () => void): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
-      onTimeout?.();
-      reject(new TimeoutError(`no ${what} within ${ms} ms`));
-    }, ms);
-  });
-  return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
+  return withDeadline(work, ms, `no ${what} within ${ms} ms`, onTimeout);
 }
 
 const since = (t0: number) => `${Math.max(0, Math.round(performance.now() - t0))} ms`;
@@ -111,7 +104,7 @@ async function checkRouter(rawUrl: string, timeoutMs: number): Promise<CheckResu
     }
     return { name, status: 'ok', detail: `${url} accepted a WebSocket (${protocol}) in ${since(t0)}` };
   } catch (err) {
-    return { name, status: 'fail', detail: `${url}: ${err instanceof TimeoutError ? err.message : reasonOf(err)}: is the router running? check WAYMARK_ROUTER_URL` };
+    return { name, status: 'fail', detail: `${url}: ${err instanceof DeadlineError ? err.message : reasonOf(err)}: is the router running? check WAYMARK_ROUTER_URL` };
   }
 }
 
@@ -308,7 +301,7 @@ async function checkRedis(url: string, channel: string, timeoutMs: number): Prom
       detail: `${shown}: ${pong} in ${pingTook}; a probe bump on ${channel} came back in ${since(t1)} (${others} other subscriber${others === 1 ? "" : "s"}, normally Waymark instances)`,
     };
   } catch (err) {
-    const reason = err instanceof TimeoutError ? err.message : reasonOf(cause ?? err);
+    const reason = err instanceof DeadlineError ? err.message : reasonOf(cause ?? err);
     const fix = /NOAUTH|WRONGPASS/.test(reason)
       ? 'put the password in WAYMARK_REDIS_URL (redis://:password@host:6379)'
       : 'is Redis running? check WAYMARK_REDIS_URL';
@@ -339,7 +332,7 @@ async function checkApi(url: string, timeoutMs: number): Promise<CheckResult> {
     await res.body?.cancel().catch(() => undefined);
     return { name, status: 'ok', detail: `${url} answered HTTP ${res.status} in ${since(t0)} (any status means reachable)` };
   } catch (err) {
-    const reason = err instanceof TimeoutError ? err.message : reasonOf(err);
+    const reason = err instanceof DeadlineError ? err.message : reasonOf(err);
     return { name, status: 'fail', detail: `${url}: ${reason}: is the API running? check WAYMARK_API_URL` };
   }
 }
