@@ -1,5 +1,5 @@
 import { Redis } from 'ioredis';
-import { DEFAULTS } from './config.js';
+import { DEFAULTS, type BumpTarget } from './config.js';
 
 export interface BumperOptions {
   /** @default 'redis://127.0.0.1:6379' */
@@ -22,6 +22,15 @@ export interface Bumper {
    */
   bump(pathOrPaths: string | string[], opts?: { id?: string }): Promise<number>;
   close(): Promise<void>;
+}
+
+/** createBumper's options for a configuration: its channel or, in stream mode, its stream. */
+export function bumperOptions(target: BumpTarget): BumperOptions {
+  return {
+    redisUrl: target.redisUrl,
+    channel: target.bumpChannel,
+    ...(target.bumpStream ? { stream: target.bumpStream, ...(target.bumpStreamMaxLen !== undefined ? { streamMaxLen: target.bumpStreamMaxLen } : {}) } : {}),
+  };
 }
 
 /** The Node helper for backends: `await createBumper().bump('/users/1')`. */

@@ -2,9 +2,9 @@ import { randomBytes } from 'node:crypto';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import autobahn from 'autobahn';
 import { Redis } from 'ioredis';
-import { createBumper } from './bumper.js';
+import { bumperOptions, createBumper } from './bumper.js';
 import { createWaymark } from './component.js';
-import { loadConfig, type WaymarkConfig } from './config.js';
+import { loadBumpTarget, loadConfig, type WaymarkConfig } from './config.js';
 import { ConfigError } from './errors.js';
 import { createLogger, redactUrl, type Logger } from './logger.js';
 import { sessionTopic, PROC_WATCH, WAMP_SUBPROTOCOLS } from './uris.js';
@@ -263,9 +263,7 @@ async function dev(argv: string[], io: CliIO): Promise<number> {
     cleanup.push(() => router.close());
     let apiUrl = io.env.WAYMARK_API_URL;
     if (!apiUrl) {
-      const bumper = createBumper({
-        redisUrl: preliminary.redisUrl, channel: preliminary.bumpChannel, stream: preliminary.bumpStream, streamMaxLen: preliminary.bumpStreamMaxLen,
-      });
+      const bumper = createBumper(bumperOptions(preliminary));
       cleanup.push(() => bumper.close());
       let api;
       try {
@@ -375,28 +373,16 @@ async function watch(argv: string[], io: CliIO): Promise<number> {
   });
 }
 
-/** Where bumps go, from the environment alone (bump and demo-api need no WAYMARK_API_URL). */
-function bumperTarget(env: NodeJS.ProcessEnv): { redisUrl: string; channel: string; stream?: string; streamMaxLen?: number } {
-  const rawMax = env.WAYMARK_BUMP_STREAM_MAXLEN?.trim();
-  if (rawMax && !/^[1-9]\d*$/.test(rawMax)) throw new ConfigError('WAYMARK_BUMP_STREAM_MAXLEN', `must be a whole number above 0, got ${JSON.stringify(rawMax)}`);
-  return {
-    redisUrl: env.WAYMARK_REDIS_URL || 'redis://127.0.0.1:6379',
-    channel: env.WAYMARK_BUMP_CHANNEL || 'waymark:bumps',
-    stream: env.WAYMARK_BUMP_STREAM?.trim() || undefined,
-    ...(rawMax ? { streamMaxLen: Number(rawMax) } : {}),
-  };
-}
-
 async function bump(argv: string[], io: CliIO): Promise<number> {
   const { values, positionals } = parse('bump', argv, { id: { type: 'string' } });
   if (values.help) { io.stdout.write(`${HELP.bump}\n`); return 0; }
   if (positionals.length === 0) throw new UsageError(`give one or more paths\n\n${HELP.bump}`);
-  const target = bumperTarget(io.env);
-  const bumper = createBumper(target);
+  const target = loadBumpTarget(io.env);
+  const bumper = createBumper(bumperOptions(target));
   try {
     const receivers = await bumper.bump(positionals, { id: values.id as string | undefined });
-    if (target.stream) io.stderr.write(`waymark bump: added ${positionals.length} path(s) to stream ${target.stream}\n`);
-    else io.stderr.write(`waymark bump: published ${positionals.length} path(s) on ${target.channel}; ${receivers} Waymark subscriber(s) received it\n`);
+    if (target.bumpStream) io.stderr.write(`waymark bump: added ${positionals.length} path(s) to stream ${target.bumpStream}\n`);
+    else io.stderr.write(`waymark bump: published ${positionals.length} path(s) on ${target.bumpChannel}; ${receivers} Waymark subscriber(s) received it\n`);
     return 0;
   } finally {
     await bumper.close();
@@ -409,7 +395,7 @@ async function demoApi(argv: string[], io: CliIO): Promise<number> {
   const routerUrl = values['router-url'] as string | undefined;
   if (routerUrl !== undefined && !/^wss?:\/\/[^\s]+$/.test(routerUrl)) throw new UsageError(`--router-url must be a ws:// or wss:// URL\n\n${HELP['demo-api']}`);
   const { startDemoApi } = await import('../dev/demo-api.js');
-  const bumper = createBumper(bumperTarget(io.env));
+  const bumper = createBumper(bumperOptions(loadBumpTarget(io.env)));
   const api = await startDemoApi({
     host: (values.host as string | undefined) ?? '127.0.0.1',
     port: Number((values.port as string | undefined) ?? 8000),

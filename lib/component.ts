@@ -5,9 +5,11 @@ import type { Socket } from 'node:net';
 import autobahn from 'autobahn';
 import { AdminServer } from './admin.js';
 import { BumpEndpoint } from './bump-endpoint.js';
+import { bumperOptions } from './bumper.js';
 import { RedisBumpSource, RedisStreamBumpSource, type BumpSource, type RedisBumpSourceOptions } from './bump-source.js';
 import { CircuitBreakerFetcher } from './circuit-breaker.js';
 import type { WaymarkConfig } from './config.js';
+import { waitAtMost, withDeadline } from './deadline.js';
 import { Dispatcher } from './dispatcher.js';
 import { ConfigError, WaymarkError } from './errors.js';
 import { UndiciFetcher, type Fetcher } from './fetcher.js';
@@ -131,10 +133,7 @@ export class Waymark {
     if (config.bumpSecret) {
       this.bumpEndpoint = new BumpEndpoint({
         secret: config.bumpSecret,
-        bumper: {
-          redisUrl: config.redisUrl, channel: config.bumpChannel,
-          ...(config.bumpStream ? { stream: config.bumpStream, streamMaxLen: config.bumpStreamMaxLen } : {}),
-        },
+        bumper: bumperOptions(config),
         maxPathBytes: config.maxPathBytes,
         logger: this.logger.child({ module: 'bump-endpoint' }),
         onAnswer: (status) => this.metrics.bumpRequests.inc({ status: String(status) }),
@@ -341,18 +340,13 @@ export class Waymark {
     let dropped = 0;
     try {
       // bounded: a call in flight when the link drops again is never answered by autobahn
-      const ids: unknown = await Promise.race([
-        session.call(META_SESSION_LIST),
-        new Promise((_, reject) => setTimeout(() => reject(new Error('no answer within 10 s')), 10_000).unref()),
-      ]);
+      const ids: unknown = await withDeadline(Promise.resolve(session.call(META_SESSION_LIST)), 10_000, 'no answer within 10 s');
       if (!Array.isArray(ids)) throw new Error(`unexpected answer from ${META_SESSION_LIST}`);
       const alive = new Set(ids);
       for (const id of known) {
         if (alive.has(id)) continue;
         droppedSessions += 1;
-        dropped += this.registry.dropSession(id);
-        this.rateLimiter.forget(id);
-        void this.instances.sessionLeft(id);
+        dropped += this.forgetSession(id);
       }
       this.metrics.sessionsReconciled.inc(droppedSessions);
     } catch (err) {
@@ -447,10 +441,16 @@ export class Waymark {
 
   private onSessionLeft(id: unknown): void {
     if (typeof id !== 'number') return;
+    const dropped = this.forgetSession(id);
+    if (dropped > 0) this.logger.info('session left, watches dropped', { session: id, dropped });
+  }
+
+  /** Everything held for a session that is gone; returns how many of its watches were dropped. */
+  private forgetSession(id: number): number {
     const dropped = this.registry.dropSession(id);
     this.rateLimiter.forget(id);
     void this.instances.sessionLeft(id);
-    if (dropped > 0) this.logger.info('session left, watches dropped', { session: id, dropped });
+    return dropped;
   }
 
   private onBump(bump: Bump): void {
@@ -499,7 +499,7 @@ export class Waymark {
       ['unregister', async () => {
         const s = this.session;
         // bounded: autobahn never answers requests of a connection that drops meanwhile
-        if (s?.isOpen) await within(Promise.allSettled(this.registrations.map((r) => s.unregister(r))), 2_000);
+        if (s?.isOpen) await waitAtMost(Promise.allSettled(this.registrations.map((r) => s.unregister(r))), 2_000);
         this.logger.info('unregistered: new calls go to other instances', { inFlight: this.dispatcher.busy });
       }],
       ['bump source', async () => {
@@ -532,11 +532,11 @@ export class Waymark {
           return; // autobahn throws when there is nothing left to close
         }
         // The router's GOODBYE, so the process does not exit before ours was sent.
-        await within(closed, 2_000);
+        await waitAtMost(closed, 2_000);
       }],
       // After the deadline, requests may still be running: do not wait for their timeouts.
-      ['fetcher', () => within(this.fetcher.close(), 1_000)],
-      ['watch index', () => within(this.instances.stop(), 2_000)],
+      ['fetcher', () => waitAtMost(this.fetcher.close(), 1_000)],
+      ['watch index', () => waitAtMost(this.instances.stop(), 2_000)],
       ['admin', async () => this.admin?.stop()],
       ['bump endpoint', async () => this.bumpEndpoint?.close()],
     ];
@@ -550,13 +550,6 @@ export class Waymark {
     this.status = 'stopped';
     this.logger.info('waymark stopped');
   }
-}
-
-/** Wait for `p`, but no longer than `ms`. */
-async function within(p: Promise<unknown>, ms: number): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  await Promise.race([p, new Promise<void>((resolve) => { timer = setTimeout(resolve, ms); })]);
-  clearTimeout(timer);
 }
 
 /**
@@ -582,7 +575,6 @@ function errorText(err: unknown): string {
   if (err instanceof autobahn.Error) return `${err.error}${err.args?.[0] ? `: ${String(err.args[0])}` : ''}`;
   return err instanceof Error ? err.message : String(err);
 }
-
 
 export function createWaymark(config: WaymarkConfig, opts: WaymarkOptions = {}): Waymark {
   return new Waymark(config, opts);

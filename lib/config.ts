@@ -122,6 +122,24 @@ const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9a-z-]+$/;
 
 type Env = Record<string, string | undefined>;
 
+/** Where bumps go: the settings `createBumper` needs (see `bumperOptions` in bumper.ts). */
+export type BumpTarget = Pick<WaymarkConfig, 'redisUrl' | 'bumpChannel' | 'bumpStream'> & { bumpStreamMaxLen?: number };
+
+/**
+ * Only where bumps go, for `waymark bump` and `demo-api`: they need no WAYMARK_API_URL, so they
+ * do not take the component's whole configuration.
+ */
+export function loadBumpTarget(env: Env): BumpTarget {
+  const rawMax = env.WAYMARK_BUMP_STREAM_MAXLEN?.trim();
+  if (rawMax && !/^[1-9]\d*$/.test(rawMax)) throw new ConfigError('WAYMARK_BUMP_STREAM_MAXLEN', `must be a whole number above 0, got ${JSON.stringify(rawMax)}`);
+  return {
+    redisUrl: env.WAYMARK_REDIS_URL || DEFAULTS.redisUrl,
+    bumpChannel: env.WAYMARK_BUMP_CHANNEL || DEFAULTS.bumpChannel,
+    bumpStream: env.WAYMARK_BUMP_STREAM?.trim() || undefined,
+    ...(rawMax ? { bumpStreamMaxLen: Number(rawMax) } : {}),
+  };
+}
+
 /**
  * Parse the WAYMARK_* environment. Every problem is collected, then reported together in one
  * ConfigError naming the first bad setting, so an operator fixes them in one round.
