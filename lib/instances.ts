@@ -68,7 +68,7 @@ export class Instances {
       await this.opts.index.start();
     } catch (err) {
       // it keeps reconnecting; until then watches fall back to per-instance limits
-      this.warn.warn('index', 'shared watch index unavailable', { error: String(err) });
+      this.indexUnavailable(err);
     }
     this.touchTimer = setInterval(() => { void this.touch(); }, touchEveryMs);
     this.touchTimer.unref();
@@ -103,7 +103,7 @@ export class Instances {
       // Back after a lost router connection: survivors may have adopted some of our watches.
       if (this.joins > 0) await this.dropDisowned();
     } catch (err) {
-      this.warn.warn('index', 'shared watch index unavailable', { error: String(err) });
+      this.indexUnavailable(err);
     }
     this.joins += 1;
     this.publish(INTERNAL_JOINED, { session: session.id });
@@ -125,7 +125,7 @@ export class Instances {
       previous = r.previous;
     } catch (err) {
       if (err instanceof WaymarkError) throw err;
-      this.warn.warn('index', 'shared watch index unavailable; limits count on this instance only', { error: String(err) });
+      this.indexUnavailable(err, '; limits count on this instance only');
       this.mark(id).claim = true; // unknown former owner: claim to be safe
       return { adopted: false };
     }
@@ -148,7 +148,7 @@ export class Instances {
     try {
       return await this.opts.index.take(session, this.opts.rate.perSecond, this.opts.rate.burst);
     } catch (err) {
-      this.warn.warn('index', 'shared watch index unavailable; rate limits count on this instance only', { error: String(err) });
+      this.indexUnavailable(err, '; rate limits count on this instance only');
       return local();
     }
   }
@@ -167,6 +167,11 @@ export class Instances {
     if (a?.contested) void this.dropUnlessOwner(session, id, false);
   }
 
+  /** One rate-limited warning for every call the index could not answer; `consequence` says what falls back. */
+  private indexUnavailable(err: unknown, consequence = ''): void {
+    this.warn.warn('index', `shared watch index unavailable${consequence}`, { error: String(err) });
+  }
+
   private mark(id: string): { n: number; contested: boolean; claim: boolean } {
     let a = this.admitting.get(id);
     if (!a) this.admitting.set(id, (a = { n: 0, contested: false, claim: false }));
@@ -179,7 +184,7 @@ export class Instances {
     try {
       shared = await this.opts.index.remove(session, id);
     } catch (err) {
-      this.warn.warn('index', 'shared watch index unavailable', { error: String(err) });
+      this.indexUnavailable(err);
     }
     if (local === 0) this.publish(INTERNAL_UNWATCH, { session, watch: id });
     return Math.max(local, shared ?? 0);
@@ -194,7 +199,7 @@ export class Instances {
     try {
       return Math.max(local, await this.opts.index.count(session));
     } catch (err) {
-      this.warn.warn('index', 'shared watch index unavailable', { error: String(err) });
+      this.indexUnavailable(err);
       return local;
     }
   }
@@ -221,7 +226,7 @@ export class Instances {
     try {
       await this.opts.index.dropSession(id);
     } catch (err) {
-      this.warn.warn('index', 'shared watch index unavailable', { error: String(err) });
+      this.indexUnavailable(err);
     }
   }
 
@@ -300,7 +305,7 @@ export class Instances {
     try {
       for (let i = 0; i < sessions.length; i += 1_000) await this.opts.index.touch(sessions.slice(i, i + 1_000));
     } catch (err) {
-      this.warn.warn('index', 'shared watch index unavailable', { error: String(err) });
+      this.indexUnavailable(err);
     }
   }
 
