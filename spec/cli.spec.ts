@@ -1,23 +1,16 @@
 import { expect } from 'chai';
 import { createServer, type Server } from 'node:http';
 import { componentEnv, randomChannel, testEnv } from './helpers/env.js';
-import { cleanEnv, freePort, runCli, type Proc } from './helpers/spawn.js';
+import { cleanEnv, CliRunner, freePort } from './helpers/spawn.js';
 import { startWaymark } from './helpers/harness.js';
 import { Upstream } from './helpers/upstream.js';
 
 describe('command line', function () {
   this.timeout(30_000);
-  const procs: Proc[] = [];
-  const run = (args: string[], env: NodeJS.ProcessEnv) => {
-    const p = runCli(args, env);
-    procs.push(p);
-    return p;
-  };
+  const cli = new CliRunner();
+  const run = (args: string[], env: NodeJS.ProcessEnv) => cli.run(args, env);
   afterEach(async function () {
-    for (const p of procs.splice(0)) {
-      p.kill('SIGKILL');
-      await p.exited;
-    }
+    await cli.killAll();
   });
 
   for (const cmd of ['serve', 'dev', 'watch', 'bump', 'demo-api']) {

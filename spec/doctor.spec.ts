@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { componentEnv, randomChannel, testEnv } from './helpers/env.js';
 import { startWaymark, type Harness } from './helpers/harness.js';
-import { cleanEnv, freePort, runCli, type Proc } from './helpers/spawn.js';
+import { cleanEnv, CliRunner, freePort } from './helpers/spawn.js';
 import { Upstream } from './helpers/upstream.js';
 
 const CHECKS = ['router', 'realm', 'authentication', 'redis', 'api', 'waymark.watch'];
@@ -18,12 +18,8 @@ function lines(stdout: string): Record<string, string> {
 
 describe('waymark doctor', function () {
   this.timeout(30_000);
-  const procs: Proc[] = [];
-  const run = (args: string[], env: NodeJS.ProcessEnv) => {
-    const p = runCli(args, env);
-    procs.push(p);
-    return p;
-  };
+  const cli = new CliRunner();
+  const run = (args: string[], env: NodeJS.ProcessEnv) => cli.run(args, env);
   let api: Upstream;
   let harness: Harness | undefined;
 
@@ -31,10 +27,7 @@ describe('waymark doctor', function () {
     api = await new Upstream().start();
   });
   afterEach(async function () {
-    for (const p of procs.splice(0)) {
-      p.kill('SIGKILL');
-      await p.exited;
-    }
+    await cli.killAll();
     await harness?.close();
     harness = undefined;
   });

@@ -4,7 +4,7 @@ import { Redis } from 'ioredis';
 import type { WatchResult } from '../lib/types.js';
 import { PROC_WATCH } from '../lib/uris.js';
 import { componentEnv, randomChannel, sleep, testEnv, waitFor } from './helpers/env.js';
-import { cleanEnv, freePort, runCli, type Proc } from './helpers/spawn.js';
+import { cleanEnv, CliRunner, freePort, type Proc } from './helpers/spawn.js';
 import { Upstream } from './helpers/upstream.js';
 import { ClientPool } from './helpers/wamp-client.js';
 
@@ -15,7 +15,7 @@ import { ClientPool } from './helpers/wamp-client.js';
  */
 describe('graceful shutdown (waymark serve)', function () {
   this.timeout(30_000);
-  const procs: Proc[] = [];
+  const cli = new CliRunner();
   const pool = new ClientPool();
   let api: Upstream;
   let redis: Redis;
@@ -32,23 +32,18 @@ describe('graceful shutdown (waymark serve)', function () {
   });
 
   afterEach(async function () {
-    for (const p of procs.splice(0)) {
-      p.kill('SIGKILL');
-      await p.exited;
-    }
+    await cli.killAll();
     await pool.closeAll();
     await api.close();
     await redis.quit();
   });
 
   function serve(env: Record<string, string> = {}): Proc {
-    const p = runCli(['serve'], cleanEnv({
+    return cli.run(['serve'], cleanEnv({
       ...componentEnv(channel, api.url),
       WAYMARK_ADMIN_PORT: '0',
       ...env,
     }));
-    procs.push(p);
-    return p;
   }
 
   const subscribers = async () => ((await redis.pubsub('NUMSUB', channel)) as [string, number])[1];

@@ -48,3 +48,21 @@ export async function freePort(): Promise<number> {
     });
   });
 }
+
+/** The processes one spec file starts, so that its afterEach leaves none running. */
+export class CliRunner {
+  private readonly procs: Proc[] = [];
+
+  run(args: string[], env: NodeJS.ProcessEnv): Proc {
+    const p = runCli(args, env);
+    this.procs.push(p);
+    return p;
+  }
+
+  async killAll(): Promise<void> {
+    for (const p of this.procs.splice(0)) {
+      p.kill('SIGKILL');
+      await p.exited;
+    }
+  }
+}
