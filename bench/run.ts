@@ -9,7 +9,7 @@ import autobahn from 'autobahn';
 import got from 'got';
 import { Redis } from 'ioredis';
 import { Pool } from 'undici';
-import { WAMP_SUBPROTOCOLS } from '../lib/uris.js';
+import { WAMP_SUBPROTOCOLS } from '../lib/protocol/uris.js';
 import { cpuSeconds, here, nowMs, percentile, startComponent, stopProcess, Worker } from './procs.js';
 
 console.warn = () => undefined; // autobahn reports every close

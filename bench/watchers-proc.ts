@@ -1,7 +1,7 @@
 // Watcher sessions for the benchmark: many real WAMP sessions in one process, each subscribed
 // to its own topic, counting what arrives and when.
 import autobahn from 'autobahn';
-import { WAMP_SUBPROTOCOLS } from '../lib/uris.js';
+import { WAMP_SUBPROTOCOLS } from '../lib/protocol/uris.js';
 import { nowMs } from './procs.js';
 
 console.warn = () => undefined; // autobahn reports every close

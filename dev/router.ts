@@ -31,7 +31,7 @@
 import { createRequire } from 'node:module';
 import { randomBytes, randomInt, timingSafeEqual } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
-import { authorize } from '../lib/authorizer.js';
+import { authorize } from '../lib/wamp/authorizer.js';
 
 // fox-wamp is CommonJS without types: everything taken from it is `any` (so the subclasses
 // below cannot use `override`), kept to the few members used here. Deep requires, because

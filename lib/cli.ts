@@ -2,13 +2,13 @@ import { randomBytes } from 'node:crypto';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import autobahn from 'autobahn';
 import { Redis } from 'ioredis';
-import { bumperOptions, createBumper } from './bumper.js';
-import { createWaymark } from './component.js';
-import { loadBumpTarget, loadConfig, type WaymarkConfig } from './config.js';
-import { ConfigError } from './errors.js';
-import { createLogger, redactUrl, type Logger } from './logger.js';
-import { sessionTopic, PROC_WATCH, WAMP_SUBPROTOCOLS } from './uris.js';
-import { VERSION } from './version.js';
+import { bumperOptions, createBumper } from './bumps/bumper.js';
+import { createWaymark } from './wamp/component.js';
+import { loadBumpTarget, loadConfig, type WaymarkConfig } from './protocol/config.js';
+import { ConfigError } from './protocol/errors.js';
+import { createLogger, redactUrl, type Logger } from './support/logger.js';
+import { sessionTopic, PROC_WATCH, WAMP_SUBPROTOCOLS } from './protocol/uris.js';
+import { VERSION } from './protocol/version.js';
 
 type Env = Record<string, string | undefined>;
 
@@ -415,7 +415,7 @@ async function doctor(argv: string[], io: CliIO): Promise<number> {
   const config = loadConfig(io.env);
   // the check lines are the whole output: autobahn's console chatter goes to a quiet logger
   routeAutobahnWarnings(createLogger({ level: 'warn', stream: io.stderr }));
-  const { runDoctor, formatResult } = await import('./doctor.js');
+  const { runDoctor, formatResult } = await import('./ops/doctor.js');
   io.stdout.write(`waymark doctor ${VERSION}: router ${redactUrl(config.routerUrl)} realm ${config.realm}, redis ${redactUrl(config.redisUrl)}, API ${config.apiUrl}\n`);
   const results = await runDoctor(config, { timeoutMs, onResult: (r) => io.stdout.write(`${formatResult(r)}\n`) });
   const failed = results.filter((r) => r.status === 'fail').map((r) => r.name);

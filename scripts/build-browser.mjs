@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Builds the browser bundle of `waymark/client` (lib/client.ts with autobahn-js inside):
+// Builds the browser bundle of `waymark/client` (lib/client/client.ts with autobahn-js inside):
 //   dist/browser/waymark-client.js         ES module: import { connectWaymark } from '.../waymark-client.js'
 //   dist/browser/waymark-client.global.js  classic <script>: window.Waymark.connectWaymark
 // `npm run build` and `npm test` run it; `waymark dev` serves the ES module to the demo page.
@@ -46,7 +46,7 @@ const stubs = {
 };
 
 const common = {
-  entryPoints: [`${root}lib/client.ts`],
+  entryPoints: [`${root}lib/client/client.ts`],
   bundle: true,
   platform: 'browser',
   target: ['es2020'],

@@ -1,9 +1,9 @@
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
-import { compareStreamIds, MAX_PATHS_PER_BUMP, parseBumpMessage, RedisBumpSource, RedisStreamBumpSource, streamCursorKey } from '../lib/bump-source.js';
-import { createBumper } from '../lib/bumper.js';
-import { silentLogger } from '../lib/logger.js';
-import type { Bump } from '../lib/types.js';
+import { compareStreamIds, MAX_PATHS_PER_BUMP, parseBumpMessage, RedisBumpSource, RedisStreamBumpSource, streamCursorKey } from '../lib/bumps/bump-source.js';
+import { createBumper } from '../lib/bumps/bumper.js';
+import { silentLogger } from '../lib/support/logger.js';
+import type { Bump } from '../lib/protocol/types.js';
 import { FaultProxy } from './helpers/fault-proxy.js';
 import { randomChannel, testEnv, waitFor } from './helpers/env.js';
 

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { connectWaymark, type ClientUpdate, type ConnectionState, type WaymarkClient } from '../lib/client.js';
+import { connectWaymark, type ClientUpdate, type ConnectionState, type WaymarkClient } from '../lib/client/client.js';
 import { testEnv, waitFor } from './helpers/env.js';
 import { startWaymark, type Harness } from './helpers/harness.js';
 import { Upstream, upstreamVersion } from './helpers/upstream.js';

@@ -1,6 +1,6 @@
 import { expect } from 'chai';
-import { ConfigError } from '../lib/errors.js';
-import { DEFAULTS, loadConfig } from '../lib/config.js';
+import { ConfigError } from '../lib/protocol/errors.js';
+import { DEFAULTS, loadConfig } from '../lib/protocol/config.js';
 
 function configError(env: Record<string, string>): ConfigError {
   try {

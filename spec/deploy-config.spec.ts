@@ -20,10 +20,10 @@ import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
 import AjvModule from 'ajv';
 import { parse as parseYaml } from 'yaml';
-import { authorize } from '../lib/authorizer.js';
+import { authorize } from '../lib/wamp/authorizer.js';
 import {
   CLIENT_PROCEDURES, PROC_AUTHORIZE, PROC_REFRESH, PROC_UNWATCH, PROC_WATCH, SESSION_TOPIC_PREFIX,
-} from '../lib/uris.js';
+} from '../lib/protocol/uris.js';
 
 // dist/spec/deploy-config.spec.js -> repository root
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');

@@ -7,7 +7,7 @@ import { createRequire } from 'node:module';
 import { expect } from 'chai';
 import autobahn from 'autobahn';
 import { startDevRouter, type DevRouter } from '../dev/router.js';
-import { sessionTopic, WAMP_SUBPROTOCOLS } from '../lib/uris.js';
+import { sessionTopic, WAMP_SUBPROTOCOLS } from '../lib/protocol/uris.js';
 
 const TICKETS = { waymark: 'tkt-waymark', other: 'tkt-other' };
 

@@ -1,11 +1,11 @@
 import { expect } from 'chai';
-import { Dispatcher } from '../lib/dispatcher.js';
-import type { Fetcher } from '../lib/fetcher.js';
-import { silentLogger } from '../lib/logger.js';
-import { Metrics } from '../lib/metrics.js';
-import type { Publisher } from '../lib/publisher.js';
-import type { Bump, FetchRequest, FetchResult, SessionId, Update } from '../lib/types.js';
-import { WatchRegistry } from '../lib/watch-registry.js';
+import { Dispatcher } from '../lib/engine/dispatcher.js';
+import type { Fetcher } from '../lib/engine/fetcher.js';
+import { silentLogger } from '../lib/support/logger.js';
+import { Metrics } from '../lib/support/metrics.js';
+import type { Publisher } from '../lib/engine/publisher.js';
+import type { Bump, FetchRequest, FetchResult, SessionId, Update } from '../lib/protocol/types.js';
+import { WatchRegistry } from '../lib/engine/watch-registry.js';
 
 /** Recording fakes at our own seams (the only fakes in the suite). */
 class RecordingFetcher implements Fetcher {

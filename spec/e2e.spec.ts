@@ -1,11 +1,11 @@
 import { expect } from 'chai';
-import type { Update, WatchResult } from '../lib/types.js';
-import { ERROR_URIS, PROC_UNWATCH, PROC_WATCH } from '../lib/uris.js';
+import type { Update, WatchResult } from '../lib/protocol/types.js';
+import { ERROR_URIS, PROC_UNWATCH, PROC_WATCH } from '../lib/protocol/uris.js';
 import { sleep, waitFor } from './helpers/env.js';
 import { startWaymark, type Harness } from './helpers/harness.js';
 import { Upstream, upstreamVersion } from './helpers/upstream.js';
 import { Client, ClientPool } from './helpers/wamp-client.js';
-import { VERSION } from '../lib/version.js';
+import { VERSION } from '../lib/protocol/version.js';
 
 describe('end to end: watch -> bump -> refetch as the client -> private push', function () {
   let api: Upstream;

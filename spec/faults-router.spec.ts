@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Update, WatchResult } from '../lib/types.js';
-import { PROC_WATCH } from '../lib/uris.js';
+import type { Update, WatchResult } from '../lib/protocol/types.js';
+import { PROC_WATCH } from '../lib/protocol/uris.js';
 import { sleep, testEnv, waitFor } from './helpers/env.js';
 import { FaultProxy } from './helpers/fault-proxy.js';
 import { startWaymark, type Harness } from './helpers/harness.js';

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { UndiciFetcher } from '../lib/fetcher.js';
+import { UndiciFetcher } from '../lib/engine/fetcher.js';
 
 /** The fetch layer alone, against a real HTTP server: the deadline covers every phase. */
 describe('undici fetcher', function () {

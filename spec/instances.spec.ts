@@ -1,14 +1,14 @@
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
-import { createWaymark, type Waymark } from '../lib/component.js';
-import { loadConfig } from '../lib/config.js';
-import { RedisWatchIndex } from '../lib/watch-index.js';
-import { connectWaymark, type ClientUpdate, type WaymarkClient } from '../lib/client.js';
-import { authorize } from '../lib/authorizer.js';
+import { createWaymark, type Waymark } from '../lib/wamp/component.js';
+import { loadConfig } from '../lib/protocol/config.js';
+import { RedisWatchIndex } from '../lib/cluster/watch-index.js';
+import { connectWaymark, type ClientUpdate, type WaymarkClient } from '../lib/client/client.js';
+import { authorize } from '../lib/wamp/authorizer.js';
 import {
   ERROR_URIS, INTERNAL_CLAIM, INTERNAL_JOINED, INTERNAL_REFRESH, INTERNAL_UNWATCH, PROC_UNWATCH, PROC_WATCH, PROC_REFRESH,
-} from '../lib/uris.js';
-import { watchId } from '../lib/watch-registry.js';
+} from '../lib/protocol/uris.js';
+import { watchId } from '../lib/engine/watch-registry.js';
 import { componentEnv, randomChannel, sleep, testEnv, waitFor } from './helpers/env.js';
 import { startWaymark, type Harness } from './helpers/harness.js';
 import { cleanEnv, freePort, runCli, type Proc } from './helpers/spawn.js';

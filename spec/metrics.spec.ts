@@ -4,7 +4,7 @@ import { startWaymark, type Harness } from './helpers/harness.js';
 import { freePort } from './helpers/spawn.js';
 import { echoToken, Upstream } from './helpers/upstream.js';
 import { ClientPool } from './helpers/wamp-client.js';
-import { PROC_WATCH } from '../lib/uris.js';
+import { PROC_WATCH } from '../lib/protocol/uris.js';
 
 /** Prometheus text -> { 'name{labels}': value } for the samples (comments dropped). */
 function samples(text: string): Map<string, number> {

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import fc from 'fast-check';
-import type { Update, WatchResult } from '../lib/types.js';
-import { ERROR_URIS, PROC_REFRESH, PROC_UNWATCH, PROC_WATCH } from '../lib/uris.js';
+import type { Update, WatchResult } from '../lib/protocol/types.js';
+import { ERROR_URIS, PROC_REFRESH, PROC_UNWATCH, PROC_WATCH } from '../lib/protocol/uris.js';
 import { sleep, testEnv, waitFor } from './helpers/env.js';
 import { startWaymark, type Harness } from './helpers/harness.js';
 import { Upstream } from './helpers/upstream.js';

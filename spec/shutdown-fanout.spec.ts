@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
-import { PROC_WATCH } from '../lib/uris.js';
+import { PROC_WATCH } from '../lib/protocol/uris.js';
 import { componentEnv, randomChannel, sleep, testEnv, waitFor } from './helpers/env.js';
 import { cleanEnv, freePort, runCli, type Proc } from './helpers/spawn.js';
 import { Upstream } from './helpers/upstream.js';

@@ -1,8 +1,8 @@
 import { expect } from 'chai';
 import type { ServerResponse } from 'node:http';
 import { Redis } from 'ioredis';
-import type { WatchResult } from '../lib/types.js';
-import { PROC_WATCH } from '../lib/uris.js';
+import type { WatchResult } from '../lib/protocol/types.js';
+import { PROC_WATCH } from '../lib/protocol/uris.js';
 import { componentEnv, randomChannel, sleep, testEnv, waitFor } from './helpers/env.js';
 import { cleanEnv, CliRunner, freePort, type Proc } from './helpers/spawn.js';
 import { Upstream } from './helpers/upstream.js';

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
-import { WaymarkError } from '../lib/errors.js';
-import { parseCredentials, parseWatchArgs, resolveApiUrl, validatePath } from '../lib/validation.js';
-import { DEFAULTS } from '../lib/config.js';
+import { WaymarkError } from '../lib/protocol/errors.js';
+import { parseCredentials, parseWatchArgs, resolveApiUrl, validatePath } from '../lib/protocol/validation.js';
+import { DEFAULTS } from '../lib/protocol/config.js';
 
 const limits = { forwardHeaders: DEFAULTS.forwardHeaders, maxHeaderBytes: 8192, maxPathBytes: 2048 };
 
@@ -70,7 +70,7 @@ describe('watch arguments', function () {
 
 describe('caller disclosure', function () {
   it('answers no_caller when the router did not disclose the caller', async function () {
-    const { callerOf } = await import('../lib/validation.js');
+    const { callerOf } = await import('../lib/protocol/validation.js');
     expect(codeOf(() => callerOf({}))).to.equal('no_caller');
     expect(codeOf(() => callerOf(undefined))).to.equal('no_caller');
     expect(codeOf(() => callerOf({ caller: '12' }))).to.equal('no_caller');

@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { request } from 'undici';
-import type { Update, WatchResult } from '../../lib/types.js';
-import { PROC_WATCH } from '../../lib/uris.js';
+import type { Update, WatchResult } from '../../lib/protocol/types.js';
+import { PROC_WATCH } from '../../lib/protocol/uris.js';
 import { sleep } from './env.js';
 import type { Client, ClientPool } from './wamp-client.js';
 

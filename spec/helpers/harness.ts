@@ -1,8 +1,8 @@
 import { Writable } from 'node:stream';
 import { Redis } from 'ioredis';
-import { createWaymark, type Waymark } from '../../lib/component.js';
-import { loadConfig } from '../../lib/config.js';
-import { createLogger } from '../../lib/logger.js';
+import { createWaymark, type Waymark } from '../../lib/wamp/component.js';
+import { loadConfig } from '../../lib/protocol/config.js';
+import { createLogger } from '../../lib/support/logger.js';
 import { componentEnv, randomChannel, testEnv } from './env.js';
 
 export interface Harness {

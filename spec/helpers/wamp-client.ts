@@ -1,6 +1,6 @@
 import autobahn from 'autobahn';
-import type { Update } from '../../lib/types.js';
-import { sessionTopic, WAMP_SUBPROTOCOLS } from '../../lib/uris.js';
+import type { Update } from '../../lib/protocol/types.js';
+import { sessionTopic, WAMP_SUBPROTOCOLS } from '../../lib/protocol/uris.js';
 import { testEnv, waitFor } from './env.js';
 
 export interface WampErrorShape {

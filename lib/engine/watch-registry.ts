@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
-import { WaymarkError } from './errors.js';
-import type { ForwardHeaders, SessionId } from './types.js';
+import { WaymarkError } from '../protocol/errors.js';
+import type { ForwardHeaders, SessionId } from '../protocol/types.js';
 
 export interface Watch {
   readonly id: string;

@@ -1,8 +1,8 @@
 import { errors as undiciErrors, Pool } from 'undici';
-import { NEVER_FORWARDED_RESPONSE_HEADERS } from './config.js';
-import type { FetchErrorCode, FetchRequest, FetchResult, Validators } from './types.js';
-import { resolveApiUrl } from './validation.js';
-import { USER_AGENT } from './version.js';
+import { NEVER_FORWARDED_RESPONSE_HEADERS } from '../protocol/config.js';
+import type { FetchErrorCode, FetchRequest, FetchResult, Validators } from '../protocol/types.js';
+import { resolveApiUrl } from '../protocol/validation.js';
+import { USER_AGENT } from '../protocol/version.js';
 
 /** The seam between dispatching and HTTP: fetch one path with one watch's credentials. */
 export interface Fetcher {

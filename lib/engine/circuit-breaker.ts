@@ -1,6 +1,6 @@
 import type { Fetcher } from './fetcher.js';
-import type { Logger } from './logger.js';
-import type { FetchRequest, FetchResult } from './types.js';
+import type { Logger } from '../support/logger.js';
+import type { FetchRequest, FetchResult } from '../protocol/types.js';
 
 export type BreakerState = 'closed' | 'open' | 'half-open';
 

@@ -3,10 +3,10 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { MAX_BUMP_MESSAGE_BYTES, parseBumpMessage } from './bump-source.js';
 import { Redis } from 'ioredis';
 import { createBumper, type Bumper, type BumperOptions } from './bumper.js';
-import { withDeadline } from './deadline.js';
-import { DEFAULTS } from './config.js';
-import type { Logger } from './logger.js';
-import { RateLimitedLog } from './rate-limited-log.js';
+import { withDeadline } from '../support/deadline.js';
+import { DEFAULTS } from '../protocol/config.js';
+import type { Logger } from '../support/logger.js';
+import { RateLimitedLog } from '../support/rate-limited-log.js';
 
 export interface BumpEndpointOptions {
   /** the bearer secret callers must present (WAYMARK_BUMP_SECRET) */

@@ -4,11 +4,11 @@ import { request as httpsRequest } from 'node:https';
 import type { Socket } from 'node:net';
 import autobahn from 'autobahn';
 import { Redis } from 'ioredis';
-import type { WaymarkConfig } from './config.js';
-import { ERROR_URIS, PROC_WATCH, WAMP_SUBPROTOCOLS } from './uris.js';
-import { VERSION } from './version.js';
-import { redactUrl } from './logger.js';
-import { DeadlineError, withDeadline } from './deadline.js';
+import type { WaymarkConfig } from '../protocol/config.js';
+import { ERROR_URIS, PROC_WATCH, WAMP_SUBPROTOCOLS } from '../protocol/uris.js';
+import { VERSION } from '../protocol/version.js';
+import { redactUrl } from '../support/logger.js';
+import { DeadlineError, withDeadline } from '../support/deadline.js';
 
 /**
  * `waymark doctor`: what an operator runs when "it does not push". Each check answers one

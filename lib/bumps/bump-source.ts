@@ -1,10 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
-import { waitAtMost } from './deadline.js';
-import type { Logger } from './logger.js';
-import { RateLimitedLog } from './rate-limited-log.js';
-import type { Bump } from './types.js';
-import { validatePath } from './validation.js';
+import { waitAtMost } from '../support/deadline.js';
+import type { Logger } from '../support/logger.js';
+import { RateLimitedLog } from '../support/rate-limited-log.js';
+import type { Bump } from '../protocol/types.js';
+import { validatePath } from '../protocol/validation.js';
 
 export interface BumpSource {
   /** Resolves once bumps flow; `onBump` is called for every well-formed bump. */

@@ -1,5 +1,5 @@
 import { Redis } from 'ioredis';
-import { DEFAULTS, type BumpTarget } from './config.js';
+import { DEFAULTS, type BumpTarget } from '../protocol/config.js';
 
 export interface BumperOptions {
   /** @default 'redis://127.0.0.1:6379' */

@@ -1,5 +1,5 @@
 import { Redis } from 'ioredis';
-import type { SessionId } from './types.js';
+import type { SessionId } from '../protocol/types.js';
 
 /**
  * What several instances share about watches: for each session, which watch ids exist and which

@@ -1,14 +1,14 @@
 import type autobahn from 'autobahn';
-import { WaymarkError } from './errors.js';
-import type { Logger } from './logger.js';
-import type { Metrics } from './metrics.js';
-import { RateLimitedLog } from './rate-limited-log.js';
-import type { ForwardHeaders, SessionId } from './types.js';
+import { WaymarkError } from '../protocol/errors.js';
+import type { Logger } from '../support/logger.js';
+import type { Metrics } from '../support/metrics.js';
+import { RateLimitedLog } from '../support/rate-limited-log.js';
+import type { ForwardHeaders, SessionId } from '../protocol/types.js';
 import {
   ANNOUNCE_TOPIC, INTERNAL_CLAIM, INTERNAL_JOINED, INTERNAL_REFRESH, INTERNAL_UNWATCH,
-} from './uris.js';
+} from '../protocol/uris.js';
 import type { WatchIndex } from './watch-index.js';
-import type { WatchRegistry } from './watch-registry.js';
+import type { WatchRegistry } from '../engine/watch-registry.js';
 
 export interface InstancesOptions {
   /** this process's instance id */

@@ -1,6 +1,6 @@
 import type autobahn from 'autobahn';
-import type { SessionId, Update } from './types.js';
-import { sessionTopic } from './uris.js';
+import type { SessionId, Update } from '../protocol/types.js';
+import { sessionTopic } from '../protocol/uris.js';
 
 /** The seam between dispatching and WAMP: deliver one Update to one session only. */
 export interface Publisher {

@@ -1,4 +1,4 @@
-import { ANNOUNCE_TOPIC, CLIENT_PROCEDURES, INTERNAL_PREFIX, SESSION_TOPIC_PREFIX } from './uris.js';
+import { ANNOUNCE_TOPIC, CLIENT_PROCEDURES, INTERNAL_PREFIX, SESSION_TOPIC_PREFIX } from '../protocol/uris.js';
 
 /** What Crossbar passes a dynamic authorizer as its first argument (subset we read). */
 export interface AuthorizeSessionDetails {

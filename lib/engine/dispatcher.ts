@@ -1,12 +1,12 @@
 import { createHash } from 'node:crypto';
 import { isFailure } from './circuit-breaker.js';
-import { waitAtMost } from './deadline.js';
+import { waitAtMost } from '../support/deadline.js';
 import type { Fetcher } from './fetcher.js';
-import type { Logger } from './logger.js';
-import { Metrics } from './metrics.js';
+import type { Logger } from '../support/logger.js';
+import { Metrics } from '../support/metrics.js';
 import type { Publisher } from './publisher.js';
-import { RateLimitedLog } from './rate-limited-log.js';
-import type { Bump, FetchResult, Update, Validators } from './types.js';
+import { RateLimitedLog } from '../support/rate-limited-log.js';
+import type { Bump, FetchResult, Update, Validators } from '../protocol/types.js';
 import type { Watch, WatchRegistry } from './watch-registry.js';
 
 export interface DispatcherOptions {

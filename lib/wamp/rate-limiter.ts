@@ -1,4 +1,4 @@
-import type { SessionId } from './types.js';
+import type { SessionId } from '../protocol/types.js';
 
 /**
  * A token bucket per session: `burst` calls at once, refilled at `perSecond`. Idle buckets are

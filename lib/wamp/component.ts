@@ -3,30 +3,30 @@ import http from 'node:http';
 import https from 'node:https';
 import type { Socket } from 'node:net';
 import autobahn from 'autobahn';
-import { AdminServer } from './admin.js';
-import { BumpEndpoint } from './bump-endpoint.js';
-import { bumperOptions } from './bumper.js';
-import { RedisBumpSource, RedisStreamBumpSource, type BumpSource, type RedisBumpSourceOptions } from './bump-source.js';
-import { CircuitBreakerFetcher } from './circuit-breaker.js';
-import type { WaymarkConfig } from './config.js';
-import { waitAtMost, withDeadline } from './deadline.js';
-import { Dispatcher } from './dispatcher.js';
-import { ConfigError, WaymarkError } from './errors.js';
-import { UndiciFetcher, type Fetcher } from './fetcher.js';
-import { redactUrl, silentLogger, type Logger } from './logger.js';
-import { Metrics } from './metrics.js';
-import { WampPublisher, type Publisher } from './publisher.js';
-import type { Bump, ForwardHeaders, WatchResult } from './types.js';
+import { AdminServer } from '../ops/admin.js';
+import { BumpEndpoint } from '../bumps/bump-endpoint.js';
+import { bumperOptions } from '../bumps/bumper.js';
+import { RedisBumpSource, RedisStreamBumpSource, type BumpSource, type RedisBumpSourceOptions } from '../bumps/bump-source.js';
+import { CircuitBreakerFetcher } from '../engine/circuit-breaker.js';
+import type { WaymarkConfig } from '../protocol/config.js';
+import { waitAtMost, withDeadline } from '../support/deadline.js';
+import { Dispatcher } from '../engine/dispatcher.js';
+import { ConfigError, WaymarkError } from '../protocol/errors.js';
+import { UndiciFetcher, type Fetcher } from '../engine/fetcher.js';
+import { redactUrl, silentLogger, type Logger } from '../support/logger.js';
+import { Metrics } from '../support/metrics.js';
+import { WampPublisher, type Publisher } from '../engine/publisher.js';
+import type { Bump, ForwardHeaders, WatchResult } from '../protocol/types.js';
 import { authorize } from './authorizer.js';
 import { SessionRateLimiter } from './rate-limiter.js';
 import {
   ANNOUNCE_TOPIC, META_ON_LEAVE, META_SESSION_LIST, PROC_AUTHORIZE, PROC_REFRESH, PROC_UNWATCH, PROC_WATCH, sessionTopic,
   WAMP_SUBPROTOCOLS,
-} from './uris.js';
-import { callerOf, parseCredentials, parseWatchArgs, resolveApiUrl } from './validation.js';
-import { watchId, WatchRegistry } from './watch-registry.js';
-import { Instances } from './instances.js';
-import { RedisWatchIndex, type WatchIndex } from './watch-index.js';
+} from '../protocol/uris.js';
+import { callerOf, parseCredentials, parseWatchArgs, resolveApiUrl } from '../protocol/validation.js';
+import { watchId, WatchRegistry } from '../engine/watch-registry.js';
+import { Instances } from '../cluster/instances.js';
+import { RedisWatchIndex, type WatchIndex } from '../cluster/watch-index.js';
 
 export interface WaymarkOptions {
   logger?: Logger;

@@ -1,10 +1,10 @@
 import autobahn from 'autobahn';
-import type { Update, WatchResult } from './types.js';
-import { ANNOUNCE_TOPIC, PROC_REFRESH, PROC_UNWATCH, PROC_WATCH, sessionTopic, WAMP_SUBPROTOCOLS } from './uris.js';
+import type { Update, WatchResult } from '../protocol/types.js';
+import { ANNOUNCE_TOPIC, PROC_REFRESH, PROC_UNWATCH, PROC_WATCH, sessionTopic, WAMP_SUBPROTOCOLS } from '../protocol/uris.js';
 
 /** The browser and Node client of Waymark (`waymark/client`), on autobahn-js. */
 
-export type { Update } from './types.js';
+export type { Update } from '../protocol/types.js';
 
 export interface ClientUpdate extends Update {
   /** the parsed body when the content type is JSON and it parses */

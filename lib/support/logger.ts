@@ -1,5 +1,5 @@
 import winston from 'winston';
-import type { LogFormat } from './config.js';
+import type { LogFormat } from '../protocol/config.js';
 
 export type Logger = winston.Logger;
 
