@@ -6,6 +6,7 @@ import { Metrics } from '../lib/support/metrics.js';
 import type { Publisher } from '../lib/engine/publisher.js';
 import type { Bump, FetchRequest, FetchResult, SessionId, Update } from '../lib/protocol/types.js';
 import { WatchRegistry } from '../lib/engine/watch-registry.js';
+import { waitFor } from './helpers/env.js';
 
 /** Recording fakes at our own seams (the only fakes in the suite). */
 class RecordingFetcher implements Fetcher {
@@ -260,15 +261,22 @@ describe('dispatcher engine', function () {
     expect(publisher.published).to.have.length(6);
   });
 
-  it('honours 503 with Retry-After: pauses the queue, then retries once', async function () {
+  it('honours 503 with Retry-After: pushes the 503, pauses that path only, then refetches it without a bump', async function () {
+    dispatcher = new Dispatcher({ registry, fetcher, publisher, logger: silentLogger(), metrics, concurrency: 4, pushUnchanged: false, retryBaseMs: 10 });
     registry.upsert(1, '/a', {});
     registry.upsert(2, '/b', { cookie: 'x' });
     fetcher.scripted.push({ status: 503, retryAfterMs: 150 });
     const started = Date.now();
     await dispatcher.dispatch(bump('/a'));
-    expect(fetcher.requests.map((r) => r.path)).to.deep.equal(['/a', '/a']);
+    expect(publisher.published.map((p) => p.update.status)).to.deep.equal([503]);
+    await dispatcher.dispatch(bump('/b')); // another path: not paused
+    expect(Date.now() - started).to.be.below(100);
+    await dispatcher.dispatch(bump('/a')); // a bump during the pause waits for it
+    expect(fetcher.requests.map((r) => r.path)).to.deep.equal(['/a', '/b']);
+    await waitFor('the retry after the pause', () => publisher.published.length === 3, 2_000);
     expect(Date.now() - started).to.be.at.least(140);
-    expect(publisher.published.map((p) => p.update.status)).to.deep.equal([200]);
+    expect(fetcher.requests.map((r) => r.path)).to.deep.equal(['/a', '/b', '/a']);
+    expect(publisher.published.map((p) => p.update.status)).to.deep.equal([503, 200, 200]);
   });
 
   it('suspends every watch of a group on 401, and a bump then costs nothing', async function () {

@@ -63,7 +63,10 @@ function classify(err: unknown, timedOut: boolean): FetchResult {
     return errorResult('timeout', 'the API did not answer in time');
   }
   // Only the error code: messages can quote the request, and the request carries credentials.
-  return errorResult('unreachable', `the API could not be reached (${e.code ?? e.name ?? 'error'})`);
+  const result = errorResult('unreachable', `the API could not be reached (${e.code ?? e.name ?? 'error'})`);
+  // Refused before sending (an invalid header value or key): nothing reached the API.
+  if (e.code === 'UND_ERR_INVALID_ARG') result.notSent = true;
+  return result;
 }
 
 /**
@@ -126,7 +129,11 @@ export class UndiciFetcher implements Fetcher {
     const lastModified = one(res.headers['last-modified']);
     if (etag) validators.etag = etag;
     if (lastModified) validators.lastModified = lastModified;
-    const retryAfterMs = parseRetryAfter(one(res.headers['retry-after']));
+    const date = one(res.headers.date);
+    if (date) validators.date = date;
+    // An HTTP-date Retry-After is read against the API's own Date: immune to clock skew.
+    const dateMs = date ? Date.parse(date) : Number.NaN;
+    const retryAfterMs = parseRetryAfter(one(res.headers['retry-after']), Number.isNaN(dateMs) ? Date.now() : dateMs);
     const headers: Record<string, string> = {};
     for (const [name, value] of Object.entries(res.headers)) {
       const n = name.toLowerCase();

@@ -94,6 +94,8 @@ export class Waymark {
     this.fetcher = config.breakerFailures > 0
       ? new CircuitBreakerFetcher(http, {
         failures: config.breakerFailures,
+        // one tenant's failing paths are not an outage: it takes two credentials' failures
+        minCredentials: 2,
         cooldownMs: config.breakerCooldownMs,
         origin: () => apiOrigin,
         logger: this.logger.child({ module: 'breaker' }),
