@@ -203,6 +203,42 @@ describe('faults: API', function () {
       await b.close();
     });
 
+    it('counts only what shows the API is down: never a 5xx, never one credential alone, never a failure while another request got an answer', async function () {
+      let answer: (r: FetchResult) => void = () => undefined;
+      const results: FetchResult[] = [];
+      const inner: Fetcher = {
+        fetch: (r) => r.path === '/slow'
+          ? new Promise<FetchResult>((resolve) => { answer = resolve; })
+          : Promise.resolve(results.shift()!),
+        close: async () => undefined,
+      };
+      const b = new CircuitBreakerFetcher(inner, { failures: 2, minCredentials: 2, cooldownMs: 10_000, origin: () => 'o', logger: silentLogger() });
+      const down: FetchResult = { status: 0, headers: {}, body: '', encoding: 'utf8', fetchedAt: 0, error: { code: 'timeout', message: 'slow' } };
+      const ok: FetchResult = { status: 200, headers: {}, body: '', encoding: 'utf8', fetchedAt: 0 };
+      const one = { path: '/a', headers: { authorization: 'Bearer one' }, reason: 'b' };
+      const two = { path: '/a', headers: { authorization: 'Bearer two' }, reason: 'b' };
+      // 5xx: an answer
+      for (let i = 0; i < 5; i++) { results.push({ ...ok, status: 500 }); await b.fetch(one); }
+      expect(b.state('o')).to.equal('closed');
+      // one credential's paths that never answer: its own failures
+      for (let i = 0; i < 5; i++) { results.push(down); await b.fetch(one); }
+      expect(b.state('o')).to.equal('closed');
+      // a failure while another request got an answer: the API is up
+      const slow = b.fetch({ ...two, path: '/slow' });
+      results.push(ok);
+      await b.fetch(one);
+      answer(down);
+      await slow;
+      results.push(down);
+      await b.fetch(one);
+      expect(b.state('o')).to.equal('closed');
+      // two credentials, nobody answered: down
+      results.push(down);
+      await b.fetch(two);
+      expect(b.state('o')).to.equal('open');
+      await b.close();
+    });
+
     it('a hung API and 1000 bumps keep the queue within the number of groups', async function () {
       const pending: Array<() => void> = [];
       let calls = 0;

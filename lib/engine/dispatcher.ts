@@ -6,7 +6,7 @@ import type { Logger } from '../support/logger.js';
 import { Metrics } from '../support/metrics.js';
 import type { Publisher } from './publisher.js';
 import { RateLimitedLog } from '../support/rate-limited-log.js';
-import type { Bump, FetchResult, Update, Validators } from '../protocol/types.js';
+import type { Bump, FetchResult, ForwardHeaders, Update, Validators } from '../protocol/types.js';
 import type { Watch, WatchRegistry } from './watch-registry.js';
 
 export interface DispatcherOptions {
@@ -97,6 +97,16 @@ function toUpdate(watch: Watch, r: FetchResult, bump: Bump | null): Update {
   return u;
 }
 
+/** Not a field-value character (RFC 9110 5.5; obs-text as Latin-1), as undici checks it. */
+const NOT_FIELD_VALUE = /[^\t\x20-\x7e\x80-\xff]/;
+/** A field name is a token (RFC 9110 5.1, 5.6.2). */
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+function sendable(headers: ForwardHeaders): boolean {
+  for (const name in headers) if (!TOKEN.test(name) || NOT_FIELD_VALUE.test(headers[name])) return false;
+  return true;
+}
+
 function groupKey(path: string, credKey: string): string {
   return `${credKey}\0${path}`;
 }
@@ -121,6 +131,8 @@ export class Dispatcher {
   private ringAt = 0;
   private queuedCount = 0;
   private readonly snapshotWaiters: Array<() => void> = [];
+  /** per interned credentials object: whether HTTP can carry them at all */
+  private readonly sendable = new WeakMap<ForwardHeaders, boolean>();
   private active = 0;
   /**
    * Retry-After pauses (performance.now() deadlines), keyed to what the API asked to slow down:
@@ -476,6 +488,16 @@ export class Dispatcher {
   }
 
   private async fetch(path: string, headers: Watch['headers'], reason: string, validators?: Validators): Promise<FetchResult> {
+    let ok = this.sendable.get(headers);
+    if (ok === undefined) this.sendable.set(headers, (ok = sendable(headers)));
+    if (!ok) {
+      // Never handed to undici: a Pool request refused for an invalid header value keeps its
+      // connection slot (undici 7.30), and `connections` of them stall every later fetch.
+      return {
+        status: 0, headers: {}, body: '', encoding: 'utf8', fetchedAt: Date.now(), notSent: true,
+        error: { code: 'unreachable', message: 'the credentials or forwarded headers are not valid HTTP field values; nothing was sent' },
+      };
+    }
     const started = process.hrtime.bigint();
     const result = await this.opts.fetcher.fetch({ path, headers, reason, ...(validators ? { validators } : {}) });
     this.opts.metrics.fetchSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
