@@ -93,6 +93,20 @@ describe('faults: engine', function () {
       for (const res of held) res.destroy();
     });
 
+    it('new credentials through waymark.refresh while a watch is on an error: refetched with them, no bump', async function () {
+      const h = wm = await startWaymark(api.url, FAST);
+      api.handler = (req, res) => {
+        if (tokenOf(req) === 'token-0') res.writeHead(503, { 'content-type': 'application/json' }).end('{"error":"try later"}');
+        else state.handler(req, res);
+      };
+      const [w] = await watchAll(pool, 1, ['/users/1']);
+      expect(w.snapshot!.status).to.equal(503);
+      await w.client.call(PROC_REFRESH, [{ token: 'token-new' }]);
+      w.token = 'token-new';
+      const r = await converge('refresh-while-failing', [w], at(1), Date.now(), 3_000);
+      expect(r.lost).to.equal(0);
+    });
+
     it('connections refused for a while, then accepted again: every watch converges with no further bump', async function () {
       const target = new URL(api.url);
       const proxy = await new FaultProxy({ host: target.hostname, port: Number(target.port) }).start();

@@ -162,6 +162,16 @@ export class Dispatcher {
     return this.queuedCount;
   }
 
+  /**
+   * Whether the last Update this watch got was a failure a retry would repeat (see shouldRetry;
+   * `status: 0` includes a request that could not be sent): new credentials must then refetch,
+   * since the old group's pending retry goes with it.
+   */
+  lastFailed(watch: Watch): boolean {
+    const s = watch.lastSent?.status;
+    return s !== undefined && (s === 0 || s === 408 || s === 429 || (s >= 500 && s !== 501));
+  }
+
   /** (path, credentials) groups held in memory: at most one per live group plus those fetching. */
   get groupCount(): number {
     return this.groups.size;

@@ -397,7 +397,8 @@ export class Waymark {
     const result: WatchResult = { watch: watch.id, path, topic: sessionTopic(session) };
     if (snapshot) result.snapshot = await this.dispatcher.snapshot(watch);
     // A resumed watch, or one adopted from another instance, may have missed changes: catch up once.
-    else if (resumed || adopted) void this.dispatcher.refetch(watch, 'refresh');
+    // So does one on an error whose retry went with its old credentials.
+    else if (resumed || adopted || (credentialsChanged && this.dispatcher.lastFailed(watch))) void this.dispatcher.refetch(watch, 'refresh');
     return result;
   }
 
@@ -419,10 +420,10 @@ export class Waymark {
     const watches = this.registry.forSession(session);
     let resumed = 0;
     for (const watch of watches) {
-      if (this.registry.replaceCredentials(watch, headers)) {
-        resumed += 1;
-        void this.dispatcher.refetch(watch, 'refresh');
-      }
+      const wasSuspended = this.registry.replaceCredentials(watch, headers);
+      if (wasSuspended) resumed += 1;
+      // a watch on an error: its retry went with the old credentials
+      if (wasSuspended || this.dispatcher.lastFailed(watch)) void this.dispatcher.refetch(watch, 'refresh');
     }
     if (watches.length > 0) this.logger.info('credentials refreshed', { session, updated: watches.length, resumed });
     return watches.length;
