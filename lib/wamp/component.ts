@@ -520,6 +520,9 @@ export class Waymark {
           if (dropped > 0) this.logger.warn('shutdown: queued refetches dropped, too late to finish before the deadline', { dropped });
           left = await this.dispatcher.drain(Math.max(0, shutdownTimeoutMs - (Date.now() - started)));
         }
+        // Retries waiting for their back-off are not waited for: the watch keeps its last Update.
+        const retries = this.dispatcher.stopStarting();
+        if (retries > 0) this.logger.info('shutdown: pending retries dropped', { dropped: retries });
         if (left > 0) this.logger.warn('shutdown deadline passed with work in flight', { left });
         else this.logger.info('drained: every fetch and publish finished');
       }],
