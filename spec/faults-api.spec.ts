@@ -239,6 +239,32 @@ describe('faults: API', function () {
       await b.close();
     });
 
+    it('half-open probes take the failed groups in turn: one broken path is not the only probe', async function () {
+      const registry = new WatchRegistry(100);
+      registry.upsert(1, '/broken', { authorization: 'Bearer a' });
+      registry.upsert(2, '/fine', { authorization: 'Bearer b' });
+      const seen: string[] = [];
+      const fetcher: Fetcher = {
+        fetch: async (r) => {
+          seen.push(r.path);
+          return { status: 0, headers: {}, body: '', encoding: 'utf8', fetchedAt: Date.now(), error: { code: 'unreachable', message: 'down' } };
+        },
+        close: async () => undefined,
+      };
+      const d = new Dispatcher({
+        registry, fetcher, publisher: { publish: async () => undefined }, logger: silentLogger(), metrics: new Metrics(),
+        concurrency: 4, pushUnchanged: false, retryBaseMs: 60_000,
+      });
+      await d.dispatch({ id: 'b1', paths: ['/broken', '/fine'], at: Date.now() });
+      seen.length = 0;
+      for (let i = 0; i < 4; i++) {
+        expect(d.probeFailed('recovered')).to.equal(true);
+        await d.settled();
+      }
+      expect(seen).to.deep.equal(['/broken', '/fine', '/broken', '/fine']);
+      d.stopStarting();
+    });
+
     it('a hung API and 1000 bumps keep the queue within the number of groups', async function () {
       const pending: Array<() => void> = [];
       let calls = 0;

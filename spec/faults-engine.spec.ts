@@ -70,6 +70,27 @@ describe('faults: engine', function () {
       expect(await sum(h.waymark.metrics.breakerRejected)).to.equal(0);
     });
 
+    it('a body cut mid-way (headers sent, then the socket reset): retried, never the partial body', async function () {
+      const h = wm = await startWaymark(api.url, FAST);
+      const watchers = await watchAll(pool, 1, ['/users/1']);
+      let cut = 0;
+      api.handler = (req, res) => {
+        if (req.headers['x-waymark'] === 'b-cut' && cut++ === 0) {
+          res.writeHead(200, { 'content-type': 'application/json', 'content-length': '200' });
+          res.write('{"partial":');
+          setTimeout(() => req.socket.destroy(), 20);
+          return;
+        }
+        state.handler(req, res);
+      };
+      state.set('/users/1', 2);
+      const since = Date.now();
+      await bumpWithId(h, '/users/1', 'b-cut');
+      const r = await converge('api-body-cut', watchers, at(2), since, 5_000);
+      expect(r.lost).to.equal(0);
+      expect(watchers[0].client.updates.some((u) => u.body.includes('partial'))).to.equal(false);
+    });
+
     it('one request hanging past WAYMARK_FETCH_TIMEOUT_MS: the watcher sees `timeout`, then the API state', async function () {
       const h = wm = await startWaymark(api.url, FAST);
       const watchers = await watchAll(pool, 1, ['/users/1']);
