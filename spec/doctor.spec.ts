@@ -55,6 +55,21 @@ describe('waymark doctor', function () {
     expect(p.stderr).to.match(/^waymark doctor: WAYMARK_REDIS_URL: /);
   });
 
+  it('without WAYMARK_API_URL it checks the dev setup `waymark dev` prints, and says so first', async function () {
+    harness = await startWaymark(api.url);
+    // only what a newcomer beside `waymark dev` would have: no API URL, no credentials
+    const p = run(['doctor', '--timeout-ms', '1000'], cleanEnv({ WAYMARK_ROUTER_URL: testEnv.routerUrl, WAYMARK_REDIS_URL: testEnv.redisUrl, WAYMARK_BUMP_CHANNEL: harness.channel }));
+    const code = await p.exited;
+    expect(code, p.stderr).to.be.oneOf([0, 1]);
+    expect(p.stderr).to.equal('');
+    const first = p.stdout.split('\n')[0];
+    expect(first).to.match(/^waymark doctor \S+: WAYMARK_API_URL is not set, so checking the dev setup 'waymark dev' prints: router ws:\/\/127\.0\.0\.1:\d+\/ws realm \S+, redis \S+, API http:\/\/127\.0\.0\.1:8000$/);
+    const found = lines(p.stdout);
+    expect(Object.keys(found)).to.deep.equal(CHECKS);
+    expect(found.api).to.include('http://127.0.0.1:8000');
+    for (const c of ['router', 'realm', 'authentication', 'redis', 'waymark.watch']) expect(found[c], c).to.match(/^✓ /);
+  });
+
   it('a healthy setup: every check passes and it exits 0', async function () {
     harness = await startWaymark(api.url);
     const before = api.requests.length;
