@@ -74,10 +74,15 @@ Checks, with the same WAYMARK_* settings 'waymark serve' reads, one line each:
   redis           PING, and a probe bump on WAYMARK_BUMP_CHANNEL comes back (it matches no watch)
   api             WAYMARK_API_URL answers HTTP (any status)
   waymark.watch   a Waymark instance is attached (an invalid path gets waymark.error.invalid_path)
+  bumps           with --listen-ms: where the bumps published meanwhile go (Redis MONITOR), e.g.
+                  on a prefixed channel (laravel_database_waymark:bumps) no Waymark hears
+Without WAYMARK_API_URL it checks the setup 'waymark dev' prints (API http://127.0.0.1:8000).
 Exit code 0 when every check passes, 1 when one fails, 2 on a bad setting.
 
 Options:
-  --timeout-ms N  upper bound of each check (default 3000)`,
+  --timeout-ms N  upper bound of each check (default 3000)
+  --listen-ms N   also watch Redis for N ms and report where bumps go (default 0: off);
+                  MONITOR slows a busy Redis while it runs`,
   'demo-api': `Usage: waymark demo-api [--host H] [--port N] [--router-url URL]
 
 Runs the demo API alone: GET /users/:id answers per bearer token (alice, bob; 401 without),
@@ -529,9 +534,10 @@ async function demoApi(argv: string[], io: CliIO): Promise<number> {
 }
 
 async function doctor(argv: string[], io: CliIO): Promise<number> {
-  const { values } = parse('doctor', argv, { 'timeout-ms': { type: 'string' } }, 'none');
+  const { values } = parse('doctor', argv, { 'timeout-ms': { type: 'string' }, 'listen-ms': { type: 'string' } }, 'none');
   if (values.help) { io.stdout.write(`${HELP.doctor}\n`); return 0; }
   const timeoutMs = intOption(values, 'timeout-ms', 3_000, 1, 600_000);
+  const listenMs = intOption(values, 'listen-ms', 0, 0, 600_000);
   // Beside `waymark dev` nothing is set: check the setup it prints (its demo API on 8000).
   const devDefaults = !io.env.WAYMARK_API_URL?.trim();
   const config = loadConfig(devDefaults ? { ...io.env, WAYMARK_API_URL: DEV_API_URL } : io.env);
@@ -539,11 +545,13 @@ async function doctor(argv: string[], io: CliIO): Promise<number> {
   routeAutobahnWarnings(createLogger({ level: 'warn', stream: io.stderr }));
   const { runDoctor, formatResult } = await import('./ops/doctor.js');
   io.stdout.write(`waymark doctor ${VERSION}: ${devDefaults ? "WAYMARK_API_URL is not set, so checking the dev setup 'waymark dev' prints: " : ''}router ${redactUrl(config.routerUrl)} realm ${config.realm}, redis ${redactUrl(config.redisUrl)}, API ${config.apiUrl}\n`);
-  const results = await runDoctor(config, { timeoutMs, onResult: (r) => io.stdout.write(`${formatResult(r)}\n`) });
+  if (listenMs) io.stdout.write(`(the bumps check watches Redis for ${listenMs} ms: change something in your app meanwhile)\n`);
+  const results = await runDoctor(config, { timeoutMs, listenMs, onResult: (r) => io.stdout.write(`${formatResult(r)}\n`) });
   const failed = results.filter((r) => r.status === 'fail').map((r) => r.name);
   const skipped = results.filter((r) => r.status === 'skip').length;
+  const skippedNames = results.filter((r) => r.status === 'skip').map((r) => r.name);
   io.stdout.write(failed.length === 0
-    ? `all ${results.length} checks passed\n`
+    ? (skipped ? `${results.length - skipped} of ${results.length} checks passed, ${skippedNames.join(', ')} not checked\n` : `all ${results.length} checks passed\n`)
     : `${failed.length} of ${results.length} checks failed (${failed.join(', ')})${skipped ? `, ${skipped} not checked` : ''}\n`);
   return failed.length === 0 ? 0 : 1;
 }
