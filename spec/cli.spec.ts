@@ -232,6 +232,45 @@ describe('command line', function () {
     expect(await dev.exited).to.equal(0);
   });
 
+  it("docs/protocol.md's plain-autobahn snippet connects as written inside this package (and says why it needs `protocols`)", async function () {
+    const { readFile, writeFile, mkdir } = await import('node:fs/promises');
+    const { fileURLToPath } = await import('node:url');
+    const root = fileURLToPath(new URL('../../', import.meta.url));
+    const doc = await readFile(`${root}docs/protocol.md`, 'utf8');
+    const snippet = /```js\n(import autobahn from 'autobahn';[^]*?)```/.exec(doc)?.[1];
+    expect(snippet, 'the snippet in docs/protocol.md').to.be.a('string');
+    const api = await new Upstream().start();
+    const wm = await startWaymark(api.url);
+    // Inside the package, so `autobahn` resolves to this checkout's (on ws 8, as the override says).
+    const dir = `${root}spec-output`;
+    await mkdir(dir, { recursive: true });
+    const runSnippet = async (code: string) => {
+      const file = `${dir}/protocol-snippet-${randomChannel()}.mjs`;
+      const program = code.replace('ws://127.0.0.1:8080/ws', testEnv.routerUrl).replace("realm: 'realm1'", `realm: ${JSON.stringify(testEnv.realm)}`)
+        .replace("import autobahn from 'autobahn';", "import autobahn from 'autobahn';\nconst token = 'alice';\nconst render = (u) => { console.log(JSON.stringify(u)); process.exit(0); };\nsetTimeout(() => process.exit(3), 3000);");
+      await writeFile(file, program);
+      const { spawn } = await import('node:child_process');
+      const child = spawn(process.execPath, [file], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      child.stdout.on('data', (d) => { out += String(d); });
+      child.stderr.on('data', (d) => { out += String(d); });
+      const code_ = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+      return { code: code_, out };
+    };
+    try {
+      const asWritten = await runSnippet(snippet!);
+      expect(asWritten.code, asWritten.out).to.equal(0);
+      expect(JSON.parse(asWritten.out.trim().split('\n')[0])).to.include({ path: '/users/1', status: 200 });
+      // the reason the docs give: without the option, ws 8 refuses autobahn's default offer
+      const without = await runSnippet(snippet!.replace(/^\s*protocols: .*\n/m, ''));
+      expect(without.code).to.equal(3);
+      expect(without.out).to.include('An invalid or duplicated subprotocol was specified');
+    } finally {
+      await wm.close();
+      await api.close();
+    }
+  });
+
   it('watch reports a contract error and exits 1', async function () {
     const api = await new Upstream().start();
     const wm = await startWaymark(api.url);
