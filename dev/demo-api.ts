@@ -160,8 +160,14 @@ export function createDemoApiHandler(opts: Pick<DemoApiOptions, 'bump' | 'page'>
       if (typeof body.bio === 'string') profile.bio = body.bio.slice(0, 2000);
       profile.version += 1;
       profile.updatedAt = Date.now();
-      await opts.bump?.(url.pathname);
-      return send(res, 200, { ok: true, version: profile.version }, { etag: etagOf(representation(profile, who.viewer, own)) });
+      // The edit is saved either way; a bump that fails (Redis down) is said, not a 500 for a saved edit.
+      let bumpError: string | undefined;
+      try {
+        await opts.bump?.(url.pathname);
+      } catch (err) {
+        bumpError = `saved, but the bump failed (${(err as Error).message}): watchers were not told`;
+      }
+      return send(res, 200, { ok: true, version: profile.version, ...(bumpError ? { bumped: false, bumpError } : {}) }, { etag: etagOf(representation(profile, who.viewer, own)) });
     }
     res.setHeader('allow', 'GET, PUT, PATCH, POST');
     return send(res, 405, { error: 'method not allowed' });

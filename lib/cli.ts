@@ -341,13 +341,14 @@ async function dev(argv: string[], io: CliIO): Promise<number> {
     cleanup.push(() => router.close());
     let apiUrl = io.env.WAYMARK_API_URL;
     if (!apiUrl) {
-      const bumper = createBumper(bumperOptions(preliminary));
-      cleanup.push(() => bumper.close());
+      const bumperRedis = redisForEdits(preliminary.redisUrl, logger.child({ module: 'demo-api' }));
+      const bumper = createBumper({ ...bumperOptions(preliminary), redis: bumperRedis });
+      cleanup.push(async () => { await bumper.close(); bumperRedis.disconnect(); });
       let api;
       try {
         api = await demo.startDemoApi({
           port: apiPort,
-          bump: async (path) => { await bumper.bump(path); },
+          bump: async (path) => { await bumpOrSay(bumper, bumperRedis, path); },
           page: { routerUrl: router.url, realm: preliminary.realm },
         });
       } catch (err) {
@@ -455,9 +456,12 @@ async function watch(argv: string[], io: CliIO): Promise<number> {
     };
     connection.onclose = (reason, details) => {
       closed = true; // closing it again from here would throw inside autobahn
+      const refusal = (details as { reason?: string; message?: string })?.reason;
       finish(1, reason === 'lost'
         ? `lost the connection to the router at ${url}`
-        : `cannot reach the router at ${url} (${(details as { reason?: string })?.reason ?? reason})`);
+        : refusal
+          ? `the router at ${url} refused the session: ${refusal}${(details as { message?: string }).message ? ` (${(details as { message?: string }).message})` : ''}${/no_such_realm/.test(refusal) ? `; check WAYMARK_REALM (${realm})` : ''}`
+          : `cannot reach the router at ${url} (${reason})`);
       return true;
     };
     process.once('SIGINT', () => finish(0));
@@ -483,6 +487,33 @@ async function connectRedisOnce(url: string, timeoutMs = 3_000): Promise<Redis> 
     const e = (cause ?? err) as NodeJS.ErrnoException;
     throw new Unreachable(`Redis is unreachable at ${redactUrl(url)}: ${e.code ?? e.message} (check WAYMARK_REDIS_URL)`);
   }
+}
+
+/**
+ * The demo API's Redis for the bumps after each edit: it keeps reconnecting, an edit made while
+ * Redis is down fails its bump at once (no queue), and an outage is one warning when it starts
+ * (ioredis would print an "Unhandled error event" trace for every attempt).
+ */
+function redisForEdits(url: string, logger: Logger): Redis {
+  const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, enableOfflineQueue: false, retryStrategy: (n) => Math.min(100 * 2 ** n, 5_000) });
+  let down = false;
+  redis.on('error', (err: NodeJS.ErrnoException) => {
+    if (down) return;
+    down = true;
+    logger.warn('Redis is unreachable: edits are saved but not bumped until it is back', { url: redactUrl(url), error: err.code ?? err.message });
+  });
+  redis.on('ready', () => {
+    if (down) logger.info('Redis is back: edits are bumped again', { url: redactUrl(url) });
+    down = false;
+  });
+  redis.connect().catch(() => undefined);
+  return redis;
+}
+
+/** One bump after an edit; while Redis is down, an error that says so (ioredis' says "Stream isn't writeable"). */
+async function bumpOrSay(bumper: ReturnType<typeof createBumper>, redis: Redis, path: string): Promise<void> {
+  if (redis.status !== 'ready') throw new Error(`Redis is unreachable at ${redactUrl(redis.options.host ? `redis://${redis.options.host}:${redis.options.port}` : 'redis')}`);
+  await bumper.bump(path);
 }
 
 /** A service the command needs is down: exit 1 (an outage, not a usage error). */
@@ -521,16 +552,18 @@ async function demoApi(argv: string[], io: CliIO): Promise<number> {
   if (routerUrl !== undefined && !/^wss?:\/\/[^\s]+$/.test(routerUrl)) throw new UsageError(`--router-url must be a ws:// or wss:// URL, got ${JSON.stringify(routerUrl)}`);
   const port = intOption(values, 'port', 8000, 0, 65535);
   const { startDemoApi } = await import('../dev/demo-api.js');
-  const bumper = createBumper(bumperOptions(loadBumpTarget(io.env)));
+  const target = loadBumpTarget(io.env);
+  const logger = createLogger({ level: 'info', format: 'json', stream: io.stderr });
+  const bumperRedis = redisForEdits(target.redisUrl, logger);
+  const bumper = createBumper({ ...bumperOptions(target), redis: bumperRedis });
   const api = await startDemoApi({
     host: (values.host as string | undefined) ?? '127.0.0.1',
     port,
-    bump: async (path) => { await bumper.bump(path); },
+    bump: async (path) => { await bumpOrSay(bumper, bumperRedis, path); },
     ...(routerUrl ? { page: { routerUrl, realm: io.env.WAYMARK_REALM || 'realm1' } } : {}),
   });
-  const logger = createLogger({ level: 'info', format: 'json', stream: io.stderr });
   logger.info('demo API listening', { url: api.url, ...(routerUrl ? { demoPage: `${api.url}/`, routerUrl } : {}) });
-  return untilSignal(async () => { await api.close(); await bumper.close(); }, logger, 5_000);
+  return untilSignal(async () => { await api.close(); await bumper.close(); bumperRedis.disconnect(); }, logger, 5_000);
 }
 
 async function doctor(argv: string[], io: CliIO): Promise<number> {

@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { createServer, type Server } from 'node:http';
-import { componentEnv, randomChannel, testEnv } from './helpers/env.js';
+import { componentEnv, randomChannel, sleep, testEnv } from './helpers/env.js';
 import { cleanEnv, CliRunner, freePort } from './helpers/spawn.js';
 import { startWaymark } from './helpers/harness.js';
 import { Upstream } from './helpers/upstream.js';
@@ -75,6 +75,25 @@ describe('command line', function () {
     const p = run(['bump', '/users/1'], cleanEnv({ WAYMARK_REDIS_URL: testEnv.redisUrl, WAYMARK_BUMP_CHANNEL: channel }));
     expect(await p.exited).to.equal(0);
     expect(p.stderr.trim()).to.equal(`waymark bump: published 1 path on ${channel}, but no Waymark instance is subscribed to it: is 'waymark serve' running with this WAYMARK_REDIS_URL and WAYMARK_BUMP_CHANNEL?`);
+  });
+
+  it('watch with a realm the router does not have says the router refused it, in one line, exit 1', async function () {
+    const p = run(['watch', '/users/1'], cleanEnv({ WAYMARK_ROUTER_URL: testEnv.routerUrl, WAYMARK_REALM: 'no-such-realm' }));
+    expect(await p.exited).to.equal(1);
+    expect(p.stderr.trim().split('\n'), p.stderr).to.have.length(1);
+    expect(p.stderr.trim()).to.match(/^waymark watch: the router at ws:\/\/\S+ refused the session: wamp\.error\.no_such_realm.*; check WAYMARK_REALM \(no-such-realm\)$/);
+  });
+
+  it('demo-api with Redis down: an edit is saved and says its bump failed; one warning, no ioredis traces', async function () {
+    const redisPort = await freePort();
+    const p = run(['demo-api', '--port', '0'], cleanEnv({ WAYMARK_REDIS_URL: `redis://127.0.0.1:${redisPort}` }));
+    const [, url] = await p.waitForOutput(/"url":"(http:\/\/127\.0\.0\.1:\d+)"/, 'stderr');
+    const res = await fetch(`${url}/users/1`, { method: 'PUT', headers: { authorization: 'Bearer alice' }, body: '{"bio":"offline"}' });
+    expect(res.status).to.equal(200);
+    expect(await res.json()).to.deep.equal({ ok: true, version: 2, bumped: false, bumpError: `saved, but the bump failed (Redis is unreachable at redis://127.0.0.1:${redisPort}): watchers were not told` });
+    await sleep(1_000); // several reconnect attempts
+    expect(p.stderr).not.to.include('Unhandled error event');
+    expect(p.stderr.split('\n').filter((l) => l.includes('Redis is unreachable'))).to.have.length(1);
   });
 
   it('serve with an unreachable router logs one line per attempt, the back-off growing 1.5 times per attempt', async function () {
