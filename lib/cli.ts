@@ -60,6 +60,9 @@ Options:
 
 Publishes one bump for the given paths on WAYMARK_BUMP_CHANNEL (default waymark:bumps) of
 WAYMARK_REDIS_URL. The same as: redis-cli PUBLISH waymark:bumps /users/1
+Waymark then refetches each path for its watchers; a watcher gets an Update only if the API's
+answer changed, so a bump with nothing changed pushes nothing.
+Exit code 0 when published, 1 when Redis is unreachable, 2 on a bad setting or argument.
 With WAYMARK_BUMP_STREAM set (stream mode), adds it to that stream instead:
 redis-cli XADD <stream> MAXLEN ~ 100000 '*' bump /users/1 (WAYMARK_BUMP_STREAM_MAXLEN)
 
