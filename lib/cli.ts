@@ -275,6 +275,9 @@ async function serve(argv: string[], io: CliIO): Promise<number> {
     await waymark.start();
   } catch (err) {
     await waymark.stop();
+    // ioredis only says "Connection is closed."; say which service and why
+    const redisProblem = err instanceof ConfigError ? null : await checkRedis(config.redisUrl);
+    if (redisProblem) throw new Unreachable(`Redis is unreachable at ${redactUrl(config.redisUrl)}: ${redisProblem} (check WAYMARK_REDIS_URL)`);
     throw err;
   }
   return stopped;
@@ -282,13 +285,16 @@ async function serve(argv: string[], io: CliIO): Promise<number> {
 
 async function checkRedis(url: string): Promise<string | null> {
   const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 2_000 });
-  redis.on('error', () => undefined);
+  // connect() only says "Connection is closed."; the event carries ECONNREFUSED, ENOTFOUND, NOAUTH ...
+  let cause: unknown;
+  redis.on('error', (err: unknown) => { cause ??= err; });
   try {
     await redis.connect();
     await redis.ping();
     return null;
   } catch (err) {
-    return (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+    const e = (cause ?? err) as NodeJS.ErrnoException;
+    return e.code ?? e.message;
   } finally {
     redis.disconnect();
   }

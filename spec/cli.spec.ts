@@ -70,6 +70,14 @@ describe('command line', function () {
     expect(p.stderr).not.to.include('s3cret');
   });
 
+  it('serve with Redis down ends with one line naming Redis and why, exit 1', async function () {
+    const port = await freePort();
+    const p = run(['serve'], cleanEnv({ WAYMARK_API_URL: 'http://127.0.0.1:1', WAYMARK_REDIS_URL: `redis://127.0.0.1:${port}`, WAYMARK_ADMIN_PORT: '0', WAYMARK_LOG_LEVEL: 'error' }));
+    expect(await p.exited).to.equal(1);
+    expect(p.stderr.trim().split('\n').at(-1)).to.equal(`waymark serve: Redis is unreachable at redis://127.0.0.1:${port}: ECONNREFUSED (check WAYMARK_REDIS_URL)`);
+    expect(p.stderr).not.to.include('Unhandled error event').and.not.include('    at ');
+  });
+
   it('bump says when no Waymark instance listens on its channel', async function () {
     const channel = randomChannel();
     const p = run(['bump', '/users/1'], cleanEnv({ WAYMARK_REDIS_URL: testEnv.redisUrl, WAYMARK_BUMP_CHANNEL: channel }));
