@@ -194,6 +194,10 @@ export function encodeBody(info: MimeInfo | undefined, bytes: Buffer): { body: s
   }
   if (decoder) {
     try {
+      // Node 20's one-shot windows-1252 path (every iso-8859-1/latin1/ascii label) decodes as
+      // ISO-8859-1, 0x80-0x9F included ("€" comes out as U+0080); its streaming path maps them
+      // as the WHATWG index says. A single-byte decoder keeps no state, so the flush is empty.
+      if (decoder.encoding === 'windows-1252') return { body: decoder.decode(bytes, { stream: true }) + decoder.decode(), encoding: 'utf8' };
       return { body: decoder.decode(bytes), encoding: 'utf8' };
     } catch {
       // not valid in its charset: base64 keeps every byte
