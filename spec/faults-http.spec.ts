@@ -13,6 +13,7 @@ import { RawHttpServer, respond, type RawRequest } from './helpers/raw-http.js';
 describe('faults: HTTP answers', function () {
   const json = '{"name":"Zoë","n":1}';
   const latin1 = Buffer.from([0x63, 0x61, 0x66, 0xc3, 0xa9]); // "café" in UTF-8, read as Latin-1
+  const big = Array.from({ length: 30_000 }, (_, i) => `line ${i}`).join('\n'); // ~300 kB: decoded off the event loop
   const ALLOW = ['content-type', 'etag', 'last-modified', 'cache-control', 'vary', 'location', 'content-encoding', 'content-length'];
 
   /** 100 MiB of zeros through a compressor, written to the socket as it comes (chunked): the server never holds it. */
@@ -47,6 +48,8 @@ describe('faults: HTTP answers', function () {
     '/gzip-latin1': ok(gzipSync(latin1), ['content-type', 'text/plain; charset=iso-8859-1'], ['content-encoding', 'gzip']),
     '/gzip-bomb': (_r, s) => streamBomb(s, 'gzip', createGzip()),
     '/br-bomb': (_r, s) => streamBomb(s, 'br', createBrotliCompress({ params: { [constants.BROTLI_PARAM_QUALITY]: 4 } })),
+    '/gzip-300k': ok(gzipSync(big), ['content-type', 'text/plain'], ['content-encoding', 'gzip']),
+    '/br-300k': ok(brotliCompressSync(big), ['content-type', 'text/plain'], ['content-encoding', 'br']),
     '/gzip-1000': ok(gzipSync('a'.repeat(1000)), ['content-type', 'text/plain'], ['content-encoding', 'gzip']),
     '/gzip-1001': ok(gzipSync('a'.repeat(1001)), ['content-type', 'text/plain'], ['content-encoding', 'gzip']),
     '/gzip-corrupt': ok(Buffer.from('this is not gzip at all'), ['content-type', 'application/json'], ['content-encoding', 'gzip']),
@@ -161,6 +164,14 @@ describe('faults: HTTP answers', function () {
         expect(r).to.deep.include({ status: 200, body: '' });
         expect(r.error?.code).to.equal('too_large');
         expect(peak, 'memory held while decoding').to.be.below(40 * 2 ** 20);
+      });
+    }
+
+    for (const path of ['/gzip-300k', '/br-300k']) {
+      it(`decodes a body larger than what is decoded inline (${path.slice(1)})`, async function () {
+        const r = await get(fetcher, path);
+        expect(r).to.deep.include({ status: 200, encoding: 'utf8' });
+        expect(r.body).to.equal(big);
       });
     }
 
