@@ -91,6 +91,10 @@ describe('faults: HTTP answers', function () {
     '/many-headers': (_r, s) => s.write(`HTTP/1.1 200 OK\r\n${Array.from({ length: 2000 }, (_, i) => `x-h${i}: ${i}\r\n`).join('')}content-length: 2\r\n\r\n{}`),
     '/bad-status': (_r, s) => s.write('HTTX/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}'),
     '/bad-header': (_r, s) => s.write('HTTP/1.1 200 OK\r\nno colon here\r\ncontent-length: 2\r\n\r\n{}'),
+    '/cl-conflict': (_r, s) => s.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nabc'),
+    '/short-keepalive': (_r, s) => { s.write('HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabcde'); setTimeout(() => s.end(), 20); },
+    '/short-close': (_r, s) => { s.write('HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 10\r\n\r\nabcde'); setTimeout(() => s.end(), 20); },
+    '/chunks-cut': (_r, s) => { s.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nabcde\r\n'); setTimeout(() => s.end(), 20); },
     '/bad-chunk': (_r, s) => s.write('HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n'),
   });
 
@@ -281,7 +285,7 @@ describe('faults: HTTP answers', function () {
   });
 
   describe('unparsable answers (issue 10 fault 4)', function () {
-    for (const path of ['/huge-head', '/many-headers', '/bad-status', '/bad-header']) {
+    for (const path of ['/huge-head', '/many-headers', '/bad-status', '/bad-header', '/cl-conflict']) {
       it(`${path.slice(1)}: status 0, invalid_response (not unreachable), and not "API down"`, async function () {
         const r = await get(fetcher, path);
         expect(r.status).to.equal(0);
@@ -295,6 +299,14 @@ describe('faults: HTTP answers', function () {
       expect(r).to.deep.include({ status: 200, body: '' });
       expect(r.error?.code).to.equal('invalid_response');
     });
+
+    for (const path of ['/short-keepalive', '/short-close', '/chunks-cut']) {
+      it(`${path.slice(1)}: a body cut short by the connection closing is no answer: status 0, unreachable`, async function () {
+        const r = await get(fetcher, path);
+        expect(r).to.deep.include({ status: 0, body: '' });
+        expect(r.error?.code).to.equal('unreachable');
+      });
+    }
 
     it('the fetcher keeps serving after each of them', async function () {
       const rs = await Promise.all(Array.from({ length: 6 }, () => get(fetcher, '/ct-twice')));

@@ -69,7 +69,7 @@ function errorResult(code: FetchErrorCode, message: string): FetchResult {
   return { status: 0, headers: {}, body: '', encoding: 'utf8', fetchedAt: Date.now(), error: { code, message } };
 }
 
-/** undici's errors for bytes that are not an HTTP response: a head over maxHeaderSize, a bad status line or header, bad chunked framing. */
+/** undici's errors for bytes that are not an HTTP response: a head over maxHeaderSize, a bad status line or header, conflicting Content-Length, bad chunked framing. */
 function isUnparsable(err: unknown): boolean {
   return err instanceof undiciErrors.HTTPParserError || err instanceof undiciErrors.HeadersOverflowError
     || err instanceof undiciErrors.ResponseContentLengthMismatchError;
@@ -115,14 +115,15 @@ function isStaleConnection(err: unknown): boolean {
  * What `fetch` resolves to (it never rejects):
  * - an answer: its status, the allowlisted headers, the body (below), `validators`/`retryAfterMs`;
  * - no answer in `timeoutMs` (connect, head or body): `status 0`, `timeout`;
- * - refused, reset, DNS, TLS, a connection closed mid-body: `status 0`, `unreachable`. One case is
- *   retried first: a kept-alive connection that had served a response and fails before this
+ * - refused, reset, DNS, TLS, a body cut short by the connection closing: `status 0`,
+ *   `unreachable`. One case is
+ *   resent first: a kept-alive connection that had served a response and fails before this
  *   request's response head (see isStaleConnection) is retried at once, once, on a new
  *   connection; every other failure is returned as it is (the dispatcher decides on back-off);
- * - a head undici cannot parse (over 16 KiB, a bad status line or header): `status 0`,
- *   `invalid_response`; a body it cannot read (bad chunked framing, shorter than its
- *   Content-Length) or a content coding that does not decode: the upstream status and headers,
- *   `body: ""`, `invalid_response`;
+ * - a head undici cannot parse (over 16 KiB, a bad status line or header, repeated
+ *   Content-Length, which undici refuses even when the values agree): `status 0`,
+ *   `invalid_response`; a body with bad chunked framing or a content coding that does not
+ *   decode: the upstream status and headers, `body: ""`, `invalid_response`;
  * - a body over `maxBodyBytes`, as received or once decoded: the upstream status and headers,
  *   `body: ""`, `too_large`.
  *
@@ -227,6 +228,9 @@ export class UndiciFetcher implements Fetcher {
     try {
       bytes = await this.readBody(res.body);
     } catch (err) {
+      // Cut short by the connection closing (undici says so as a length mismatch when the answer
+      // had `connection: close`, as a socket error otherwise): no whole answer, like a reset.
+      if (err instanceof undiciErrors.ResponseContentLengthMismatchError) return errorResult('unreachable', `the connection closed before the whole body arrived (${err.code})`);
       if (isUnparsable(err)) return this.invalid(status, headers, `the API's response body is malformed (${(err as Error).name})`);
       throw err;
     }
