@@ -2,8 +2,12 @@ import { expect } from 'chai';
 import type { Socket } from 'node:net';
 import { brotliCompressSync, constants, createBrotliCompress, createGzip, deflateRawSync, deflateSync, gzipSync, type Gzip } from 'node:zlib';
 import { DEFAULT_ACCEPT, isApiDownError, UndiciFetcher } from '../lib/engine/fetcher.js';
-import type { FetchResult } from '../lib/protocol/types.js';
+import type { FetchResult, WatchResult } from '../lib/protocol/types.js';
+import { PROC_WATCH } from '../lib/protocol/uris.js';
+import { sleep } from './helpers/env.js';
+import { startWaymark } from './helpers/harness.js';
 import { RawHttpServer, respond, type RawRequest } from './helpers/raw-http.js';
+import { ClientPool } from './helpers/wamp-client.js';
 
 /**
  * Faults real HTTP APIs cause, at the fetch layer, on a raw `net` server (issue 10 faults 1, 2,
@@ -387,6 +391,44 @@ describe('faults: a kept-alive connection closed under a request', function () {
       expect(t.server.requests.length).to.equal(2);
     } finally {
       await t.stop();
+    }
+  });
+});
+
+/** The same faults through a real component, router and Redis: what a browser's Update holds. */
+describe('faults: HTTP answers, end to end', function () {
+  const json = '{"id":1,"name":"Zoë"}';
+  const server = new RawHttpServer({
+    '/gzip': (_r, s) => respond(s, 200, [['content-type', 'application/json'], ['content-encoding', 'gzip']], gzipSync(json)),
+    '/latin1': (_r, s) => respond(s, 200, [['content-type', 'text/plain; charset=iso-8859-1']], Buffer.from([0xc3, 0xa9])),
+    '/ct-twice': (_r, s) => respond(s, 200, [['content-type', 'application/json'], ['content-type', 'application/json']], json),
+    // Laravel's auth middleware: 401 for a JSON client, a redirect to the login page for a browser
+    '/n': (_r, s) => respond(s, 200, [['content-type', 'application/json']], String(Math.random())),
+    '/me': (r, s) => ((r.headers.accept ?? '').includes('json') ? respond(s, 401, [['content-type', 'application/json']], '{"message":"Unauthenticated."}') : respond(s, 302, [['location', '/login']])),
+  });
+  const pool = new ClientPool();
+
+  it('gzip, a declared charset and a repeated Content-Type arrive as text; a login check answers 401 and suspends the watch', async function () {
+    await server.start();
+    const wm = await startWaymark(server.url);
+    try {
+      const alice = await pool.open();
+      const watch = (path: string) => alice.call<WatchResult>(PROC_WATCH, [path, { token: 'expired', snapshot: true }]);
+      expect((await watch('/gzip')).snapshot).to.deep.include({ status: 200, body: json, encoding: 'utf8', headers: { 'content-type': 'application/json' } });
+      expect((await watch('/latin1')).snapshot).to.deep.include({ status: 200, body: 'Ã©', encoding: 'utf8' });
+      expect((await watch('/ct-twice')).snapshot).to.deep.include({ status: 200, body: json, encoding: 'utf8' });
+      expect((await watch('/me')).snapshot).to.include({ status: 401 });
+      const before = server.requests.filter((q) => q.path === '/me').length;
+      for (let i = 0; i < 3; i++) await wm.bump('/me');
+      await watch('/n');
+      await wm.bump('/n'); // bumps arrive in order: once /n's Update is here, /me's bumps were handled
+      await alice.waitForUpdates(1);
+      await sleep(100);
+      expect(server.requests.filter((q) => q.path === '/me').length, 'fetches with the dead token after 3 bumps').to.equal(before);
+    } finally {
+      await pool.closeAll();
+      await wm.close();
+      await server.stop();
     }
   });
 });
