@@ -182,7 +182,9 @@ export class UndiciFetcher implements Fetcher {
       }, this.opts.timeoutMs);
     });
     try {
-      return await Promise.race([this.request(req, signal, (b) => { body = b; }).catch((err) => classify(err, timedOut)), deadline]);
+      // A body whose head came after the deadline is not read: its connection is freed at once.
+      const onBody = (b: { destroy(err?: Error): void }) => { body = b; if (timedOut) b.destroy(new Error('deadline')); };
+      return await Promise.race([this.request(req, signal, onBody).catch((err) => classify(err, timedOut)), deadline]);
     } finally {
       clearTimeout(timer);
     }

@@ -14,7 +14,7 @@ export const ACCEPT_ENCODING = 'gzip, deflate, br';
 
 // Essences that are text whatever their charset: every text/*, JSON and XML and their +json/+xml
 // structured-syntax suffixes (RFC 6839), and the script and form types browsers read as text.
-const TEXT_ESSENCE = /^(text\/|application\/(json|xml|javascript|ecmascript|x-www-form-urlencoded)$|[^/]+\/[^;]*\+(json|xml)$)/;
+const TEXT_ESSENCE = /^(text\/|application\/(json|xml|javascript|ecmascript|x-www-form-urlencoded)\b|[^/]+\/[^;]*\+(json|xml)\b)/;
 
 /** What one Content-Type value means for the body: the header pushed, and how to decode. */
 export interface MimeInfo {
