@@ -355,6 +355,34 @@ describe('faults: a kept-alive connection closed under a request', function () {
     });
   }
 
+  it('every pooled connection reset at once (the API restarted): each request is resent and answered', async function () {
+    const server = await new RawHttpServer({ '/r': (req, s) => (req.connection <= 4 && req.nth === 2 ? s.resetAndDestroy() : answer(req, s)) }).start();
+    const fetcher = new UndiciFetcher({ apiUrl: server.url, responseHeaders: [], maxBodyBytes: 1000, timeoutMs: 2000, connections: 4 });
+    const get = () => fetcher.fetch({ path: '/r', headers: {}, reason: 'spec' });
+    try {
+      for (const r of await Promise.all([get(), get(), get(), get()])) expect(r.status).to.equal(200);
+      expect(server.connections).to.equal(4);
+      const rs = await Promise.all(Array.from({ length: 8 }, get));
+      expect(rs.map((r) => r.status)).to.deep.equal(Array(8).fill(200));
+      expect(server.requests.filter((q) => q.connection <= 4 && q.nth === 2).length, 'requests reset').to.equal(4);
+    } finally {
+      await fetcher.close();
+      await server.stop();
+    }
+  });
+
+  it('a connection the server closed while idle is not used (undici checks before writing): no resend needed', async function () {
+    const t = await rig((req) => (req.connection === 1 ? (r, s) => { answer(r, s); setTimeout(() => s.end(), 20); } : answer));
+    try {
+      expect((await t.get()).status).to.equal(200);
+      await sleep(100);
+      expect((await t.get()).status).to.equal(200);
+      expect(t.server.requests.map((q) => `${q.connection}.${q.nth}`)).to.deep.equal(['1.1', '2.1']);
+    } finally {
+      await t.stop();
+    }
+  });
+
   it('a reset on a new connection is not resent: unreachable, one connection', async function () {
     const t = await rig(() => reset);
     try {
