@@ -116,10 +116,10 @@ function isStaleConnection(err: unknown): boolean {
  * - an answer: its status, the allowlisted headers, the body (below), `validators`/`retryAfterMs`;
  * - no answer in `timeoutMs` (connect, head or body): `status 0`, `timeout`;
  * - refused, reset, DNS, TLS, a body cut short by the connection closing: `status 0`,
- *   `unreachable`. One case is
- *   resent first: a kept-alive connection that had served a response and fails before this
- *   request's response head (see isStaleConnection) is retried at once, once, on a new
- *   connection; every other failure is returned as it is (the dispatcher decides on back-off);
+ *   `unreachable`. One case is resent first: a kept-alive connection that had served a response
+ *   and fails before this request's response head (see isStaleConnection) is resent at once,
+ *   once, on a new connection of its own; every other failure is returned as it is (the
+ *   dispatcher decides on back-off);
  * - a head undici cannot parse (over 16 KiB, a bad status line or header, repeated
  *   Content-Length, which undici refuses even when the values agree): `status 0`,
  *   `invalid_response`; a body with bad chunked framing or a content coding that does not
