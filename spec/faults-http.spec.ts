@@ -2,6 +2,7 @@ import { expect } from 'chai';
 import type { Socket } from 'node:net';
 import { brotliCompressSync, constants, createBrotliCompress, createGzip, deflateRawSync, deflateSync, gzipSync, type Gzip } from 'node:zlib';
 import { DEFAULT_ACCEPT, isApiDownError, UndiciFetcher } from '../lib/engine/fetcher.js';
+import { mimeInfo } from '../lib/engine/response-body.js';
 import type { FetchResult, WatchResult } from '../lib/protocol/types.js';
 import { PROC_WATCH } from '../lib/protocol/uris.js';
 import { sleep } from './helpers/env.js';
@@ -253,6 +254,27 @@ describe('faults: HTTP answers', function () {
         const r = await get(fetcher, path);
         expect(r).to.deep.include({ status: 200, body: json, encoding: 'utf8' });
         expect(r.headers['content-type']).to.equal('application/json');
+      });
+    }
+
+    // The Fetch standard's own examples for "extract a MIME type" (header lines as undici gives them).
+    const examples: Array<[string | string[], string, string | undefined]> = [
+      ['text/plain;charset=gbk, text/html', 'text/html', 'utf-8'],
+      ['text/html;charset=gbk;a=b, text/html;x=y', 'text/html;x=y; charset=gbk', 'gbk'],
+      [['text/html;charset=gbk;a=b', 'text/html;x=y'], 'text/html;x=y; charset=gbk', 'gbk'],
+      [['text/html;charset=gbk', 'x/x', 'text/html;x=y'], 'text/html;x=y', 'utf-8'],
+      [['text/html', 'cannot-parse'], 'text/html', 'utf-8'],
+      [['text/html', '*/*'], 'text/html', 'utf-8'],
+      [['text/html', ''], 'text/html', 'utf-8'],
+      [['application/json', 'application/json'], 'application/json', 'utf-8'],
+      [['image/png', 'text/plain; charset="Shift_JIS"'], 'text/plain; charset="Shift_JIS"', 'shift_jis'],
+      [['text/plain', 'image/png'], 'image/png', undefined],
+    ];
+    for (const [value, header, decoder] of examples) {
+      it(`extracts ${JSON.stringify(value)} as ${header}`, function () {
+        const info = mimeInfo(value);
+        expect(info.header).to.equal(header);
+        expect(info.decoder?.encoding).to.equal(decoder);
       });
     }
 

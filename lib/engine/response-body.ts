@@ -134,9 +134,7 @@ function extractMime(values: readonly string[]): { mime: ParsedMime; inheritedCh
       if (m.essence !== essence) {
         charset = m.charset;
         essence = m.essence;
-      } else if (m.charset !== undefined) {
-        charset = m.charset;
-      } else if (charset !== undefined) {
+      } else if (m.charset === undefined && charset !== undefined) {
         inherited = charset;
         m.charset = charset;
       }
@@ -146,17 +144,20 @@ function extractMime(values: readonly string[]): { mime: ParsedMime; inheritedCh
 }
 
 function infoFor(value: string | readonly string[]): MimeInfo {
-  // One line without a comma (the usual case) is parsed alone and pushed as it came.
-  const single = typeof value === 'string' && !value.includes(',');
-  const parsed = single ? parseMime(value as string) : undefined;
-  const extracted = single ? parsed && { mime: parsed } : extractMime(typeof value === 'string' ? [value] : value);
-  if (!extracted) {
-    // unparsable: binary, and the header as received (joined) so a client sees what came
-    return { header: typeof value === 'string' ? value : value.join(', '), decoder: undefined };
+  let mime: ParsedMime | undefined;
+  let header: string;
+  if (typeof value === 'string' && !value.includes(',')) {
+    // one line without a comma (the usual case): parsed alone, pushed as it came
+    mime = parseMime(value);
+    header = value;
+  } else {
+    const extracted = extractMime(typeof value === 'string' ? [value] : value);
+    mime = extracted?.mime;
+    header = !extracted ? (typeof value === 'string' ? value : value.join(', '))
+      : extracted.inheritedCharset === undefined ? extracted.mime.raw : `${extracted.mime.raw}; charset=${extracted.inheritedCharset}`;
   }
-  const { mime, inheritedCharset } = extracted as { mime: ParsedMime; inheritedCharset?: string };
-  const header = single ? (value as string) : inheritedCharset === undefined ? mime.raw : `${mime.raw}; charset=${inheritedCharset}`;
-  if (!TEXT_ESSENCE.test(mime.essence)) return { header, decoder: undefined };
+  // unparsable or not text: binary (the header still goes as received, so a client sees what came)
+  if (!mime || !TEXT_ESSENCE.test(mime.essence)) return { header, decoder: undefined };
   // RFC 8259 8.1: JSON without a charset is UTF-8; text/* without one is read as UTF-8 too (the
   // ISO-8859-1 default of RFC 2616 is gone since RFC 7231 appendix B).
   return { header, decoder: mime.charset === undefined ? utf8 : decoderFor(mime.charset.trim().toLowerCase()) };
