@@ -166,10 +166,11 @@ describe('faults: HTTP answers', function () {
         let peak = 0;
         const base = process.memoryUsage().arrayBuffers;
         const sample = setInterval(() => { peak = Math.max(peak, process.memoryUsage().arrayBuffers - base); }, 2);
+        const t0 = Date.now();
         const r = await get(fetcher, path);
         clearInterval(sample);
         peak = Math.max(peak, process.memoryUsage().arrayBuffers - base);
-        console.log(`      ${coding}-bomb: wire<=${1 << 20} decoded-limit=${1 << 20} peak_array_buffers_mb=${(peak / 2 ** 20).toFixed(1)}`);
+        console.log(`      ${coding}-bomb: decoded_size=100MiB limit=${1 << 20} result=${r.error?.code} took_ms=${Date.now() - t0} peak_array_buffers_mb=${(peak / 2 ** 20).toFixed(1)}`);
         expect(r).to.deep.include({ status: 200, body: '' });
         expect(r.error?.code).to.equal('too_large');
         expect(peak, 'memory held while decoding').to.be.below(40 * 2 ** 20);
