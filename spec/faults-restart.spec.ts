@@ -4,7 +4,7 @@ import { Redis } from 'ioredis';
 import { startDevRouter, type DevRouter } from '../dev/router.js';
 import { connectWaymark, type ConnectionState, type WaymarkClient } from '../lib/client/client.js';
 import type { Update } from '../lib/protocol/types.js';
-import { WAMP_SUBPROTOCOLS } from '../lib/protocol/uris.js';
+import { PROC_AUTHORIZE, WAMP_SUBPROTOCOLS } from '../lib/protocol/uris.js';
 import { convergeBy, VersionedApi } from './helpers/convergence.js';
 import { componentEnv, randomChannel, testEnv, waitFor } from './helpers/env.js';
 import { FaultProxy } from './helpers/fault-proxy.js';
@@ -136,11 +136,12 @@ describe('faults: router restart and Waymark kill (waymark/client)', function ()
     await changeMeanwhile(wm.bump);
     router = await startDevRouter({ realm: testEnv.realm, backendTickets: tickets, port });
     let waymarkJoined = false;
-    await spy((details) => { if (details?.authid === testEnv.authid) waymarkJoined = true; });
+    const asker = await spy((details) => { if (details?.authid === testEnv.authid) waymarkJoined = true; });
     await waitFor('Waymark\'s session back first', () => waymarkJoined, 15_000);
     const released = Date.now();
     await bProxy.set('pass');
-    await waitFor('Waymark registered again', () => wm!.logs.some((l) => l.includes('rejoined router')), 15_000);
+    // The fault ends when the authorizer is registered again (the link is fast again from then).
+    await waitFor('Waymark\'s authorizer registered again', () => asker.call(PROC_AUTHORIZE, [{ session: 1 }, 'x', 'call', {}]).then(() => true, () => false), 15_000);
     const t0 = Date.now();
     await wProxy.set('pass');
     await ends('router-restart-waymark-first', t0);
@@ -203,8 +204,8 @@ describe('faults: router restart and Waymark kill (waymark/client)', function ()
     await ends('waymark-kill-browsers-reconnect', t0);
   });
 
-  /** A backend session on the router that reports every session joining. */
-  function spy(onJoin: (details: { authid?: string } | undefined) => void): Promise<void> {
+  /** A backend session on the router that reports every session joining (and can call what Waymark registers). */
+  function spy(onJoin: (details: { authid?: string } | undefined) => void): Promise<autobahn.Session> {
     return new Promise((resolve, reject) => {
       const c = new autobahn.Connection({
         url: router.url, realm: testEnv.realm, protocols: WAMP_SUBPROTOCOLS, max_retries: 0, retry_if_unreachable: false,
@@ -212,7 +213,7 @@ describe('faults: router restart and Waymark kill (waymark/client)', function ()
       });
       spies.push(c);
       c.onopen = (session) => {
-        session.subscribe('wamp.session.on_join', (args) => onJoin(args?.[0] as { authid?: string } | undefined)).then(() => resolve(), reject);
+        session.subscribe('wamp.session.on_join', (args) => onJoin(args?.[0] as { authid?: string } | undefined)).then(() => resolve(session), reject);
       };
       c.onclose = (reason) => { reject(new Error(`spy could not join: ${reason}`)); return true; };
       c.open();
