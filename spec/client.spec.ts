@@ -142,6 +142,7 @@ describe('waymark/client while Waymark is away', function () {
     c.on('state', (st) => states.push(st));
     let opened = false;
     const open = c.open().then(() => { opened = true; });
+    open.catch(() => undefined); // close() in afterEach rejects it when an assertion failed first
     await waitFor('two refused attempts', () => errors.length >= 2);
     expect(opened).to.equal(false);
     expect(c.state).to.equal('connecting');
@@ -155,6 +156,30 @@ describe('waymark/client while Waymark is away', function () {
     await c.watch('/first', { token: 't', snapshot: true }, (u) => got.push(u));
     expect(got).to.have.length(1);
     expect(states).to.deep.equal(['open']);
+  });
+
+  it('a session lost mid-retry stops retrying; the new session retries on its own', async function () {
+    const c = new WaymarkClient({ url: testEnv.routerUrl, realm: testEnv.realm, maxRetryDelay: 0.3 });
+    client = c;
+    const errors = errorsOf(c);
+    const open = c.open();
+    open.catch(() => undefined); // close() in afterEach rejects it when an assertion failed first
+    await waitFor('a refused attempt', () => errors.length >= 1);
+    type JoinView = { session: { id: number }; failures: number; timer?: unknown };
+    const internals = c as unknown as { join?: JoinView; connection: { _transport: { close(): void } } };
+    const old = internals.join!;
+    const before = errors.length;
+    internals.connection._transport.close();
+    await waitFor('a new session', () => internals.join !== undefined && internals.join !== old);
+    const failures = old.failures;
+    expect(old.timer).to.equal(undefined);
+    await waitFor('refused attempts on the new session', () => internals.join!.failures >= 2);
+    expect(old.failures).to.equal(failures);
+    // every error since the drop is one of the new session's attempts
+    expect(errors.length - before).to.equal(internals.join!.failures);
+    wm = await startWaymark(api.url);
+    await open;
+    expect(c.state).to.equal('open');
   });
 
   it('close() before the first join completes rejects open() and stops retrying', async function () {
