@@ -403,6 +403,16 @@ class DevGate extends WampGate {
   }
 
   createContext(session: any, socketWriter: any): any {
+    // fox-wamp's writer answers a failed send (a peer reset mid-write, e.g. a killed process)
+    // with `this.close(1011)`, which it lacks: the TypeError escaped as an uncaught exception
+    // from the socket's callback. Crossbar drops such a connection; so does this.
+    socketWriter.close ??= (code: number, reason: string) => {
+      try {
+        socketWriter.wampPkgClose(code, reason);
+      } catch (err) {
+        this.log.debug?.('dev router: closing a failed connection', { error: String(err) });
+      }
+    };
     return new DevContext(this._router, session, socketWriter);
   }
 

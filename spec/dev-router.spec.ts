@@ -538,6 +538,28 @@ describe('dev router adapter (fox-wamp behaving like Crossbar 22.6.1)', function
     });
   });
 
+  describe('a peer gone mid-write', function () {
+    it('drops the connection whose send failed and keeps routing (no uncaught error)', async function () {
+      const b = await backend();
+      const victim = await rawJoin(url, { authid: 'other', ticket: TICKETS.other });
+      victim.ws.send(JSON.stringify([32, 1, {}, 'test.flood']));
+      await new Promise<void>((resolve) => victim.ws.on('message', (d: Buffer) => { if (JSON.parse(d.toString())[0] === 33) resolve(); }));
+      const big = 'x'.repeat(64 * 1024);
+      // events queue up on the router's side of the socket; the peer resets it meanwhile
+      for (let i = 0; i < 200; i++) b.session.publish('test.flood', [big]);
+      await sleep(5);
+      victim.ws._socket.resetAndDestroy();
+      for (let i = 0; i < 200; i++) b.session.publish('test.flood', [big]);
+      await waitFor(async () => !(await liveSessions(b)).includes(victim.id), 'the victim dropped');
+      // still routing: a fresh subscriber gets an event
+      const other = await backend('other');
+      const got: unknown[] = [];
+      await other.session.subscribe('test.after', (args) => { got.push(args![0]); });
+      await b.session.publish('test.after', ['ok'], {}, { acknowledge: true });
+      await waitFor(() => got.length === 1, 'the event after');
+    });
+  });
+
   describe('calls in flight', function () {
     it('answers wamp.error.canceled when the callee disconnects', async function () {
       const callee = await backend();
