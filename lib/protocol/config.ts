@@ -2,7 +2,7 @@ import { ConfigError } from './errors.js';
 
 /** Request headers Waymark sets itself: a client can never supply them (contract section 2). */
 export const RESERVED_REQUEST_HEADERS: readonly string[] = [
-  'host', 'x-waymark', 'user-agent', 'content-length', 'transfer-encoding', 'connection',
+  'host', 'x-waymark', 'user-agent', 'content-length', 'transfer-encoding', 'connection', 'accept-encoding',
 ];
 
 /** Hop-by-hop headers (RFC 9110 7.6.1) and set-cookie never reach a browser. */
