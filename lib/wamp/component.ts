@@ -308,8 +308,9 @@ export class Waymark {
 
   /**
    * Register the procedures and subscribe to meta events; runs again on every rejoin, since the
-   * router forgot both with the old session. Only the first join is announced: after a rejoin
-   * this instance still holds every watch, so browsers have nothing to re-watch.
+   * router forgot both with the old session. Every join is announced as soon as the
+   * registrations are in place: `started` (a new process: browsers re-watch) or `rejoined` (this
+   * instance still holds every watch; only browsers still waiting to join retry now).
    */
   private async setup(session: autobahn.Session, rejoin: boolean): Promise<void> {
     const shared = { invoke: 'roundrobin' } as autobahn.IRegisterOptions;
@@ -323,12 +324,12 @@ export class Waymark {
       }, shared),
     ]);
     if (this.session === session) this.registrations = registrations;
+    // Until now Crossbar refused the browser role everything (no authorizer), and browsers
+    // back before us keep retrying with a back-off: those already listening retry at once.
+    await session.publish(ANNOUNCE_TOPIC, [{ event: rejoin ? 'rejoined' : 'started', instance: this.instance }], {}, { acknowledge: true });
     await session.subscribe(META_ON_LEAVE, (args) => this.onSessionLeft(args?.[0]));
     // Every join: peers learn this instance's session, and it drops watches others took meanwhile.
     await this.instances.join(session);
-    // Tell browsers an instance started: clients re-watch, so nothing a restart lost stays lost.
-    // Not on a rejoin: the router kept the browsers' sessions and reconcile() catches up.
-    if (!rejoin) await session.publish(ANNOUNCE_TOPIC, [{ event: 'started', instance: this.instance }], {}, { acknowledge: true });
   }
 
   /**
