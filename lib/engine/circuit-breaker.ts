@@ -1,4 +1,4 @@
-import type { Fetcher } from './fetcher.js';
+import { isApiDownError, type Fetcher } from './fetcher.js';
 import type { Logger } from '../support/logger.js';
 import type { FetchRequest, FetchResult } from '../protocol/types.js';
 
@@ -31,7 +31,7 @@ export interface CircuitBreakerOptions {
  * body over the limit (`too_large`) is an answer too.
  */
 export function noResponse(r: FetchResult): boolean {
-  return r.status === 0 && r.notSent !== true && (r.error?.code === 'timeout' || r.error?.code === 'unreachable');
+  return r.status === 0 && r.notSent !== true && isApiDownError(r.error?.code);
 }
 
 const defaultCredentials = (req: FetchRequest): unknown => req.headers;

@@ -252,8 +252,11 @@ export class Waymark {
         max_retry_delay: 10,
         retry_delay_growth: 1.5,
       });
+      closeEachTransportOnce(connection);
       this.connection = connection;
+      let attempt = 0;
       connection.onopen = (session) => {
+        attempt = 0;
         if (this.stopRequested) {
           // a reconnect timer autobahn kept after close(): this session must not serve
           connection.close('wamp.close.normal', 'waymark stopping');
@@ -295,8 +298,10 @@ export class Waymark {
           reject(new Error(`router refused the session: ${d.reason}${d.message ? ` (${d.message})` : ''}`));
           return true;
         }
-        if (lost) this.logger.warn('router connection lost', { reason, detail: d?.reason, willRetry: d?.will_retry });
-        else this.logger.warn('router not reachable', { reason, detail: d?.reason, retryInSeconds: d?.retry_delay });
+        attempt += 1;
+        const retryInSeconds = d?.retry_delay == null ? undefined : Math.round(d.retry_delay * 1000) / 1000;
+        if (lost) this.logger.warn('router connection lost', { reason, detail: d?.reason, willRetry: d?.will_retry, retryInSeconds });
+        else this.logger.warn('router not reachable', { reason, detail: d?.reason, attempt, retryInSeconds });
         return false;
       };
       connection.open();
@@ -305,8 +310,9 @@ export class Waymark {
 
   /**
    * Register the procedures and subscribe to meta events; runs again on every rejoin, since the
-   * router forgot both with the old session. Only the first join is announced: after a rejoin
-   * this instance still holds every watch, so browsers have nothing to re-watch.
+   * router forgot both with the old session. Every join is announced as soon as the
+   * registrations are in place: `started` (a new process: browsers re-watch) or `rejoined` (this
+   * instance still holds every watch; only browsers still waiting to join retry now).
    */
   private async setup(session: autobahn.Session, rejoin: boolean): Promise<void> {
     const shared = { invoke: 'roundrobin' } as autobahn.IRegisterOptions;
@@ -320,12 +326,12 @@ export class Waymark {
       }, shared),
     ]);
     if (this.session === session) this.registrations = registrations;
+    // Until now Crossbar refused the browser role everything (no authorizer), and browsers
+    // back before us keep retrying with a back-off: those already listening retry at once.
+    await session.publish(ANNOUNCE_TOPIC, [{ event: rejoin ? 'rejoined' : 'started', instance: this.instance }], {}, { acknowledge: true });
     await session.subscribe(META_ON_LEAVE, (args) => this.onSessionLeft(args?.[0]));
     // Every join: peers learn this instance's session, and it drops watches others took meanwhile.
     await this.instances.join(session);
-    // Tell browsers an instance started: clients re-watch, so nothing a restart lost stays lost.
-    // Not on a rejoin: the router kept the browsers' sessions and reconcile() catches up.
-    if (!rejoin) await session.publish(ANNOUNCE_TOPIC, [{ event: 'started', instance: this.instance }], {}, { acknowledge: true });
   }
 
   /**
@@ -572,6 +578,30 @@ function handshakeAgent(url: string, ms: number): http.Agent {
     return socket;
   };
   return agent;
+}
+
+/**
+ * In Node, autobahn 22.11.1's WebSocket transport reports one failed connection twice (ws emits
+ * `error`, then `close`, and both call `transport.onclose`), so the connection would run its
+ * close handler twice: two log lines within a millisecond and two steps of back-off per attempt
+ * (its browser branch avoids exactly this). Each transport's first close is the one that counts.
+ */
+function closeEachTransportOnce(connection: autobahn.Connection): void {
+  type Transport = { onclose: (evt: unknown) => void };
+  const c = connection as unknown as { _create_transport: () => Transport | null };
+  const create = c._create_transport.bind(connection);
+  c._create_transport = () => {
+    const transport = create();
+    if (!transport) return transport;
+    let handler: (evt: unknown) => void = () => undefined;
+    let closed = false;
+    Object.defineProperty(transport, 'onclose', {
+      configurable: true,
+      get: () => (evt: unknown) => { if (!closed) { closed = true; handler(evt); } },
+      set: (h: (evt: unknown) => void) => { handler = h; },
+    });
+    return transport;
+  };
 }
 
 /** Seconds a session's entries stay in the shared index without a touch from their owner. */
