@@ -23,7 +23,7 @@ import {
   ANNOUNCE_TOPIC, META_ON_LEAVE, META_SESSION_LIST, PROC_AUTHORIZE, PROC_REFRESH, PROC_UNWATCH, PROC_WATCH, sessionTopic,
   WAMP_SUBPROTOCOLS,
 } from '../protocol/uris.js';
-import { callerOf, parseCredentials, parseWatchArgs, resolveApiUrl } from '../protocol/validation.js';
+import { callerOf, parseCredentials, parseWatchArgs, resolveApiUrl, validatePath } from '../protocol/validation.js';
 import { watchId, WatchRegistry } from '../engine/watch-registry.js';
 import { Instances } from '../cluster/instances.js';
 import { RedisWatchIndex, type WatchIndex } from '../cluster/watch-index.js';
@@ -431,8 +431,13 @@ export class Waymark {
     if (typeof target !== 'string' || target.length === 0) {
       throw new WaymarkError('invalid_argument', 'unwatch needs a watch id or a path');
     }
-    const local = this.registry.remove(session, target);
-    const id = target.startsWith('/') ? watchId(session, target) : target;
+    let key = target;
+    if (target.startsWith('/')) {
+      // the watch key of that path (RFC 3986 6.2.2 normal form); no watch has an invalid path
+      try { key = validatePath(target, this.config.maxPathBytes); } catch { /* removes nothing */ }
+    }
+    const local = this.registry.remove(session, key);
+    const id = key.startsWith('/') ? watchId(session, key) : key;
     // The watch may live on another instance: the shared index knows whether it existed.
     const removed = await this.instances.unwatch(session, id, local);
     this.logger.info('unwatch', { session, watch: id, removed });
