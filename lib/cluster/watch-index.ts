@@ -61,6 +61,9 @@ return 0
 /**
  * A token bucket per session shared by all instances (the same rule as SessionRateLimiter),
  * on Redis's clock so instances with skewed clocks agree. The key expires once it would be full.
+ * Redis's clock is a wall clock: a step back gives a negative elapsed time, counted as 0 (the
+ * bucket keeps its tokens instead of going negative and refusing calls for the step's length); a
+ * step forward refills at most to `burst`.
  */
 const TAKE = `
 local t = redis.call('TIME')
@@ -70,7 +73,7 @@ local burst = tonumber(ARGV[2])
 local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens = tonumber(b[1]) or burst
 local at = tonumber(b[2]) or now
-tokens = math.min(burst, tokens + (now - at) / 1000 * rate)
+tokens = math.min(burst, tokens + math.max(0, now - at) / 1000 * rate)
 local ok = 0
 if tokens >= 1 then
   tokens = tokens - 1

@@ -515,12 +515,12 @@ export class Waymark {
         // Queued fetches start only while they can still finish (fetch timeout plus a moment
         // for the publish) before the deadline, so every fetch started is also delivered.
         const { shutdownTimeoutMs, fetchTimeoutMs } = this.config;
-        const started = Date.now();
+        const started = performance.now();
         let left = await this.dispatcher.drain(Math.max(0, shutdownTimeoutMs - fetchTimeoutMs - PUBLISH_ALLOWANCE_MS));
         if (left > 0) {
           const dropped = this.dispatcher.stopStarting();
           if (dropped > 0) this.logger.warn('shutdown: queued refetches dropped, too late to finish before the deadline', { dropped });
-          left = await this.dispatcher.drain(Math.max(0, shutdownTimeoutMs - (Date.now() - started)));
+          left = await this.dispatcher.drain(Math.max(0, shutdownTimeoutMs - (performance.now() - started)));
         }
         if (left > 0) this.logger.warn('shutdown deadline passed with work in flight', { left });
         else this.logger.info('drained: every fetch and publish finished');
