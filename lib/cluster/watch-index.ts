@@ -34,6 +34,11 @@ export interface WatchIndex {
    * came back); true for exactly one caller when several race, so one of them reacts.
    */
   forgetInstance(instance: string, wampSession: number): Promise<boolean>;
+  /**
+   * A call got no answer in time (the connection looks silent): drop the connection and open a
+   * new one, so calls fail at once until the index answers again instead of queueing behind it.
+   */
+  interrupt?(): void;
   close(): Promise<void>;
 }
 
@@ -118,7 +123,10 @@ export class RedisWatchIndex implements WatchIndex {
       enableOfflineQueue: false,
       // many watch calls arrive together: one write per event-loop tick for all their scripts
       enableAutoPipelining: true,
-      maxRetriesPerRequest: 1,
+      // In-flight calls fail when the connection drops instead of being queued for a resend:
+      // a queued resend would make every later call wait behind it (ioredis keeps order), so a
+      // silent connection that interrupt() dropped would still hold calls.
+      maxRetriesPerRequest: 0,
       retryStrategy: (n) => Math.min(200 * n, 2_000),
     }) as ClaimingRedis;
     this.redis.defineCommand('waymarkClaim', { numberOfKeys: 1, lua: CLAIM });
@@ -201,6 +209,12 @@ export class RedisWatchIndex implements WatchIndex {
 
   async forgetInstance(instance: string, wampSession: number): Promise<boolean> {
     return (await this.redis.waymarkForget(this.instancesKey, instance, String(wampSession))) === 1;
+  }
+
+  interrupt(): void {
+    // Only a connection that claims to be up: one already reconnecting fails calls at once.
+    if (this.closing || this.redis.status !== 'ready') return;
+    this.redis.disconnect(true);
   }
 
   close(): Promise<void> {

@@ -76,6 +76,11 @@ export class Waymark {
   private cancelJoin?: () => void;
   /** called when the router connection closes, for stop() to wait for its GOODBYE */
   private whenClosed?: () => void;
+  /**
+   * Sessions with a client call in flight, and whether they left meanwhile: a call's effect that
+   * lands after an await (the shared index, Redis) must not outlive a leave handled during it.
+   */
+  private readonly inFlight = new Map<number, { calls: number; left: boolean }>();
 
   constructor(readonly config: WaymarkConfig, opts: WaymarkOptions = {}) {
     this.logger = opts.logger ?? silentLogger();
@@ -359,9 +364,14 @@ export class Waymark {
 
   /** Every client procedure: identify the caller, apply its rate limit, map errors to their URI. */
   private async rpc<T>(details: unknown, fn: (caller: number) => Promise<T> | T): Promise<T> {
+    let caller: number | undefined;
     try {
-      const caller = callerOf(details);
-      if (!(await this.instances.allowCall(caller, () => this.rateLimiter.take(caller)))) {
+      caller = callerOf(details);
+      // counted before the first await: the router sends a session's calls before its leave
+      const call = this.inFlight.get(caller) ?? { calls: 0, left: false };
+      call.calls += 1;
+      this.inFlight.set(caller, call);
+      if (!(await this.instances.allowCall(caller, () => this.rateLimiter.take(caller!)))) {
         throw new WaymarkError('rate_limited', `more than ${this.config.rateLimit} calls per second (burst ${this.config.rateBurst}); slow down`);
       }
       return await fn(caller);
@@ -369,7 +379,15 @@ export class Waymark {
       if (err instanceof WaymarkError) throw new autobahn.Error(err.uri, [err.message]);
       this.logger.error('procedure failed', { error: errorText(err) });
       throw err;
+    } finally {
+      const call = caller === undefined ? undefined : this.inFlight.get(caller);
+      if (call && --call.calls === 0) this.inFlight.delete(caller!);
     }
+  }
+
+  /** After an await in a call: throws when the caller left meanwhile (its leave was handled). */
+  private stillThere(session: number): void {
+    if (this.inFlight.get(session)?.left) throw new WaymarkError('no_caller', 'the caller left while the call was in flight');
   }
 
   private async watch(session: number, args: unknown[] | undefined, kwargs: unknown): Promise<WatchResult> {
@@ -381,6 +399,7 @@ export class Waymark {
     let accepted = false;
     let upserted: ReturnType<WatchRegistry['upsert']>;
     try {
+      this.stillThere(session);
       upserted = this.registry.upsert(session, path, headers);
       accepted = true;
     } finally {
@@ -452,6 +471,8 @@ export class Waymark {
 
   /** Everything held for a session that is gone; returns how many of its watches were dropped. */
   private forgetSession(id: number): number {
+    const call = this.inFlight.get(id);
+    if (call) call.left = true;
     const dropped = this.registry.dropSession(id);
     this.rateLimiter.forget(id);
     void this.instances.sessionLeft(id);
