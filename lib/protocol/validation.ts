@@ -108,7 +108,7 @@ export function validatePath(path: unknown, maxBytes: number): string {
     for (let round = 0; ; round++) {
       if (badSegment(current)) {
         throw new WaymarkError('invalid_path',
-          'path must not contain segments that are or decode to "." or ".." (path parameters after ";" ignored), nor encoded "/", "\\" or control characters');
+          'path must not contain "." or ".." segments (also percent-encoded, or followed by ";" path parameters), nor encoded "/", "\\" or control characters');
       }
       if (round === 4) break;
       const next = decodeOnce(current);

@@ -374,6 +374,7 @@ export class Waymark {
       if (!(await this.instances.allowCall(caller, () => this.rateLimiter.take(caller!)))) {
         throw new WaymarkError('rate_limited', `more than ${this.config.rateLimit} calls per second (burst ${this.config.rateBurst}); slow down`);
       }
+      this.stillThere(caller); // the shared rate bucket is an await too
       return await fn(caller);
     } catch (err) {
       if (err instanceof WaymarkError) throw new autobahn.Error(err.uri, [err.message]);
