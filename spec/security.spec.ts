@@ -3,6 +3,7 @@ import fc from 'fast-check';
 import type { Update, WatchResult } from '../lib/protocol/types.js';
 import { ERROR_URIS, PROC_REFRESH, PROC_UNWATCH, PROC_WATCH } from '../lib/protocol/uris.js';
 import { validatePath } from '../lib/protocol/validation.js';
+import { connectWaymark } from '../lib/client/client.js';
 import { sleep, testEnv, waitFor } from './helpers/env.js';
 import { startWaymark, type Harness } from './helpers/harness.js';
 import { Upstream } from './helpers/upstream.js';
@@ -248,6 +249,21 @@ describe('security', function () {
       // unwatch by either form finds it
       expect(await a.call(PROC_UNWATCH, ['/caf%c3%a9/%7eme'])).to.deep.equal({ removed: 1 });
       expect(wm.waymark.registry.size).to.equal(1);
+    });
+
+    it('waymark/client hands the Updates of a watch named in a non-normal form to its callback', async function () {
+      wm = await startWaymark(api.url);
+      api.handler = (req, res) => res.writeHead(200, { 'content-type': 'text/plain' }).end(`n=${api.requests.length}`);
+      const wc = await connectWaymark({ url: testEnv.routerUrl, realm: testEnv.realm });
+      try {
+        const got: string[] = [];
+        await wc.watch('/caf%c3%a9/%7eme', { token: 't', snapshot: true }, (u) => got.push(`${u.path} ${u.body}`));
+        await wm.bump('/caf%C3%A9/~me');
+        await waitFor('the snapshot and the bump\'s Update', () => got.length >= 2);
+        expect(got).to.deep.equal(['/caf%C3%A9/~me n=1', '/caf%C3%A9/~me n=2']);
+      } finally {
+        await wc.close();
+      }
     });
   });
 
