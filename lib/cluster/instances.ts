@@ -1,6 +1,6 @@
 import type autobahn from 'autobahn';
 import { WaymarkError } from '../protocol/errors.js';
-import { withDeadline } from '../support/deadline.js';
+import { DeadlineError } from '../support/deadline.js';
 import type { Logger } from '../support/logger.js';
 import type { Metrics } from '../support/metrics.js';
 import { RateLimitedLog } from '../support/rate-limited-log.js';
@@ -14,13 +14,14 @@ import type { WatchRegistry } from '../engine/watch-registry.js';
 /**
  * How long (ms) any call to the shared watch index may take before Instances goes on without it,
  * exactly as when Redis is down (limits and rates count on this instance). Redis answers in well
- * under a millisecond on a healthy network; a Redis that stopped answering without closing
+ * under a millisecond on a healthy network; the margin is for a busy host, whose event loop can
+ * stall for hundreds of milliseconds. A Redis that stopped answering without closing
  * (SIGSTOP, a blackholed network, a long Lua script) would otherwise hold `waymark.watch`,
  * `unwatch` and `refresh` for as long as it lasts. On expiry the index's connection is also
  * dropped and reopened (`WatchIndex.interrupt`), so later calls fail at once instead of each
  * waiting out the deadline until Redis answers again.
  */
-export const INDEX_DEADLINE_MS = 500;
+export const INDEX_DEADLINE_MS = 1_000;
 
 export interface InstancesOptions {
   /** this process's instance id */
@@ -80,7 +81,30 @@ export class Instances {
   /** Every index call, bounded: a silent Redis fails like an unreachable one (INDEX_DEADLINE_MS). */
   private index<T>(what: string, call: (index: WatchIndex) => Promise<T>): Promise<T> {
     const ms = this.opts.indexDeadlineMs ?? INDEX_DEADLINE_MS;
-    return withDeadline(call(this.opts.index), ms, `no answer to ${what} within ${ms} ms`, () => this.opts.index.interrupt?.());
+    const work = call(this.opts.index);
+    return new Promise<T>((resolve, reject) => {
+      let settled = false;
+      // After an event-loop stall the timer runs before the socket is read (libuv: timers, then
+      // poll): give a reply that already arrived that one turn (setImmediate runs after poll)
+      // before calling Redis silent and dropping its connection.
+      const timer = setTimeout(() => setImmediate(() => {
+        if (settled) return;
+        settled = true;
+        this.opts.index.interrupt?.();
+        reject(new DeadlineError(`no answer to ${what} within ${ms} ms`));
+      }), ms);
+      work.then((v) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        resolve(v);
+      }, (err: unknown) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        reject(err);
+      });
+    });
   }
 
   async start(touchEveryMs: number): Promise<void> {
