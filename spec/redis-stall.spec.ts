@@ -1,4 +1,6 @@
 import { expect } from 'chai';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { Redis } from 'ioredis';
 import { INDEX_DEADLINE_MS } from '../lib/cluster/instances.js';
 import { PROC_REFRESH, PROC_UNWATCH, PROC_WATCH } from '../lib/protocol/uris.js';
 import { sleep, testEnv, waitFor } from './helpers/env.js';
@@ -72,6 +74,47 @@ describe('a silent or slow Redis (issue 16 faults 2 and 4)', function () {
       expect(results.find((r) => r.name === 'watch' && r.answer.includes('"/c"'))?.answer).to.include('"status":200');
     });
   }
+
+  it('watch, refresh and unwatch answer in bounded time while redis-server is SIGSTOPped', async function () {
+    const port = await freePort();
+    const server: ChildProcess = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+    const exited = new Promise((resolve) => server.once('exit', resolve));
+    try {
+      const probe = new Redis(port, '127.0.0.1', { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+      probe.on('error', () => undefined);
+      await waitFor('redis-server to answer', async () => {
+        try {
+          if (probe.status !== 'ready') await probe.connect();
+          return (await probe.ping()) === 'PONG';
+        } catch {
+          probe.disconnect();
+          return false;
+        }
+      });
+      probe.disconnect();
+      const url = `redis://127.0.0.1:${port}`;
+      const a = await start({ WAYMARK_REDIS_URL: url });
+      const b = await start({ WAYMARK_REDIS_URL: url, WAYMARK_BUMP_CHANNEL: a.channel });
+      await waitFor('the instances to see each other', async () => (await b.waymark.metrics.peers.get()).values[0]?.value === 1);
+      const c = await pool.open();
+      server.kill('SIGSTOP');
+      const results: Array<{ name: string; ms: number; answer: string }> = [];
+      for (const [name, proc, args] of [
+        ['watch', PROC_WATCH, ['/a', { token: 't' }]], ['watch', PROC_WATCH, ['/b', { token: 't' }]], ['refresh', PROC_REFRESH, [{ token: 'u' }]],
+        ['unwatch', PROC_UNWATCH, ['/a']],
+      ] as Array<[string, string, unknown[]]>) results.push({ name, ...(await timed(c, proc, args)) });
+      console.log(`      redis-server SIGSTOPped: ${results.map((r) => `${r.name} ${r.ms} ms`).join(', ')}`);
+      for (const r of results) {
+        expect(r.answer, `${r.name} answered an error`).not.to.match(/^waymark\.error|^wamp\.error/);
+        expect(r.ms, `${r.name} took ${r.ms} ms`).to.be.below(2_000);
+      }
+    } finally {
+      server.kill('SIGCONT');
+      await Promise.all(harnesses.splice(0).map((h) => h.close()));
+      server.kill('SIGKILL');
+      await exited;
+    }
+  });
 
   it('a session that leaves while its watch waits for a slow Redis leaves no watch behind', async function () {
     const adminPort = await freePort();

@@ -214,7 +214,11 @@ export class RedisWatchIndex implements WatchIndex {
   interrupt(): void {
     // Only a connection that claims to be up: one already reconnecting fails calls at once.
     if (this.closing || this.redis.status !== 'ready') return;
+    // disconnect() only half-closes the socket; a stopped peer never finishes the close, so
+    // ioredis would stay "ready" on it. Destroying the socket makes it reconnect now.
+    const socket = this.redis.stream;
     this.redis.disconnect(true);
+    socket?.destroy();
   }
 
   close(): Promise<void> {
