@@ -145,7 +145,7 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
 
 /**
  * RFC 9110 5.5 field-value, narrowed to what every HTTP stack sends unchanged: visible ASCII,
- * with single spaces or tabs inside, never at either end (5.5: field-content). obs-text (bytes
+ * with spaces or tabs inside, never at either end (5.5: field-content). obs-text (bytes
  * 0x80-0xFF) is refused too: Node refuses characters above 0xFF before sending, and how 0x80-0xFF
  * reach the API depends on the client's encoding (Latin-1 or UTF-8), so no value outside this
  * set can be sent as written.
