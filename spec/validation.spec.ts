@@ -135,6 +135,10 @@ describe('watch arguments', function () {
       expect(parseCredentials({ token: t }, limits)).to.deep.equal({ authorization: `Bearer ${t}` });
     }
   });
+  it('refuses accept-encoding: Waymark sets it and pushes bodies decoded', function () {
+    const withIt = { ...limits, forwardHeaders: [...limits.forwardHeaders, 'accept-encoding'] };
+    expect(codeOf(() => parseCredentials({ headers: { 'Accept-Encoding': 'zstd' } }, withIt))).to.equal('header_not_allowed');
+  });
   it('rejects a header given twice in two cases', function () {
     expect(codeOf(() => parseCredentials({ headers: { accept: 'a', Accept: 'b' } }, limits))).to.equal('invalid_argument');
   });

@@ -255,8 +255,11 @@ export class Waymark {
         max_retry_delay: 10,
         retry_delay_growth: 1.5,
       });
+      closeEachTransportOnce(connection);
       this.connection = connection;
+      let attempt = 0;
       connection.onopen = (session) => {
+        attempt = 0;
         if (this.stopRequested) {
           // a reconnect timer autobahn kept after close(): this session must not serve
           connection.close('wamp.close.normal', 'waymark stopping');
@@ -298,8 +301,10 @@ export class Waymark {
           reject(new Error(`router refused the session: ${d.reason}${d.message ? ` (${d.message})` : ''}`));
           return true;
         }
-        if (lost) this.logger.warn('router connection lost', { reason, detail: d?.reason, willRetry: d?.will_retry });
-        else this.logger.warn('router not reachable', { reason, detail: d?.reason, retryInSeconds: d?.retry_delay });
+        attempt += 1;
+        const retryInSeconds = d?.retry_delay == null ? undefined : Math.round(d.retry_delay * 1000) / 1000;
+        if (lost) this.logger.warn('router connection lost', { reason, detail: d?.reason, willRetry: d?.will_retry, retryInSeconds });
+        else this.logger.warn('router not reachable', { reason, detail: d?.reason, attempt, retryInSeconds });
         return false;
       };
       connection.open();
@@ -593,6 +598,30 @@ function handshakeAgent(url: string, ms: number): http.Agent {
     return socket;
   };
   return agent;
+}
+
+/**
+ * In Node, autobahn 22.11.1's WebSocket transport reports one failed connection twice (ws emits
+ * `error`, then `close`, and both call `transport.onclose`), so the connection would run its
+ * close handler twice: two log lines within a millisecond and two steps of back-off per attempt
+ * (its browser branch avoids exactly this). Each transport's first close is the one that counts.
+ */
+function closeEachTransportOnce(connection: autobahn.Connection): void {
+  type Transport = { onclose: (evt: unknown) => void };
+  const c = connection as unknown as { _create_transport: () => Transport | null };
+  const create = c._create_transport.bind(connection);
+  c._create_transport = () => {
+    const transport = create();
+    if (!transport) return transport;
+    let handler: (evt: unknown) => void = () => undefined;
+    let closed = false;
+    Object.defineProperty(transport, 'onclose', {
+      configurable: true,
+      get: () => (evt: unknown) => { if (!closed) { closed = true; handler(evt); } },
+      set: (h: (evt: unknown) => void) => { handler = h; },
+    });
+    return transport;
+  };
 }
 
 /** Seconds a session's entries stay in the shared index without a touch from their owner. */
