@@ -122,8 +122,8 @@ describe('watch arguments', function () {
       expect(codeOf(() => parseCredentials({ headers: { cookie: v } }, limits))).to.equal('invalid_argument');
     });
   }
-  for (const v of [...badValues, 'a b', 'a:b', 'a,b', 'a=b=c', '=abc', 'a"b', 'Bearer x', 'a;b', 'a@b']) {
-    it(`refuses the token ${JSON.stringify(v)} (RFC 6750 2.1 b64token)`, function () {
+  for (const v of [...badValues, 'a b', 'Bearer x', 'a\tb']) {
+    it(`refuses the token ${JSON.stringify(v)} (visible ASCII, no spaces)`, function () {
       expect(codeOf(() => parseCredentials({ token: v }, limits))).to.equal('invalid_argument');
     });
   }
@@ -131,7 +131,7 @@ describe('watch arguments', function () {
     expect(parseCredentials({ headers: { cookie: 'sid=abc; theme=dark', accept: 'application/json, text/*;q=0.5', 'accept-language': '' } }, limits))
       .to.deep.equal({ cookie: 'sid=abc; theme=dark', accept: 'application/json, text/*;q=0.5', 'accept-language': '' });
     expect(parseCredentials({ headers: { authorization: 'Basic dXNlcjpwYXNz\tx' } }, limits)).to.have.property('authorization');
-    for (const t of ['abc', 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig-_', 'a+b/c==', 'A.B~C_D-E']) {
+    for (const t of ['abc', 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig-_', 'a+b/c==', 'A.B~C_D-E', '1|laravelSanctumToken', 'a:b,c;d@e"f']) {
       expect(parseCredentials({ token: t }, limits)).to.deep.equal({ authorization: `Bearer ${t}` });
     }
   });

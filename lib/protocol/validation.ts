@@ -151,8 +151,12 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
  * set can be sent as written.
  */
 const FIELD_VALUE = /^(?:[\x21-\x7e](?:[\x20\x09\x21-\x7e]*[\x21-\x7e])?)?$/;
-/** RFC 6750 2.1 b64token (RFC 7235 token68): what may follow `Bearer `. */
-const TOKEN68 = /^[A-Za-z0-9\-._~+/]+=*$/;
+/**
+ * A bearer token: one or more visible ASCII characters (RFC 9110 5.5 VCHAR), so that
+ * `Bearer <token>` is a field value and stays one credential. RFC 6750 2.1's b64token is stricter,
+ * but widely used tokens are outside it (Laravel Sanctum's `1|abc...`) and servers take them.
+ */
+const BEARER_TOKEN = /^[\x21-\x7e]+$/;
 
 function checkValue(name: string, value: unknown): string {
   if (typeof value !== 'string') throw new WaymarkError('invalid_argument', `header ${name} must be a string`);
@@ -166,7 +170,7 @@ function checkValue(name: string, value: unknown): string {
 /**
  * Credentials of a watch or refresh: token plus allowlisted headers, as the request headers they
  * become. A value that could not be sent as written is refused here, before any fetch: a token
- * that is not a b64token (RFC 6750 2.1), a header value that is not a field-value (RFC 9110 5.5,
+ * with other than visible ASCII (see BEARER_TOKEN), a header value that is not a field-value (RFC 9110 5.5,
  * see FIELD_VALUE).
  * @throws WaymarkError `invalid_argument`, `header_not_allowed`
  */
@@ -192,9 +196,9 @@ export function parseCredentials(
   }
   if (token !== undefined && token !== null) {
     if (typeof token !== 'string' || token.length === 0) throw new WaymarkError('invalid_argument', 'token must be a non-empty string');
-    if (!TOKEN68.test(token)) {
+    if (!BEARER_TOKEN.test(token)) {
       throw new WaymarkError('invalid_argument',
-        'token must be a Bearer token (RFC 6750 2.1: letters, digits and -._~+/ with trailing =); send other credentials as headers.authorization');
+        'token must be visible ASCII without spaces (RFC 9110 5.5 VCHAR), sent as Authorization: Bearer <token>; send other credentials as headers.authorization');
     }
     if ('authorization' in headers) throw new WaymarkError('invalid_argument', 'give either token or an authorization header, not both');
     headers.authorization = `Bearer ${token}`;
