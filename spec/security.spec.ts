@@ -89,7 +89,6 @@ describe('security', function () {
         ['a token with a check mark', { token: 'tok-\u2713' }, A],
         ['a token with Latin-1', { token: 'caf\u00e9' }, A],
         ['a token with a space', { token: 'a b' }, A],
-        ['a token with a colon', { token: 'user:pass' }, A],
         ['a token with a tab', { token: 'a\tb' }, A],
         ['a token with DEL', { token: 'a\x7f' }, A],
         ['a token with an emoji', { token: '\ud83d\ude00' }, A],
