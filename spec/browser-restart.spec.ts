@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import autobahn from 'autobahn';
 import { Redis } from 'ioredis';
+import { CHROMIUM_ARGS, chromiumOrSkip } from './helpers/chromium.js';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import { startDevRouter, type DevRouter } from '../dev/router.js';
 import { PROC_AUTHORIZE, WAMP_SUBPROTOCOLS } from '../lib/protocol/uris.js';
@@ -28,12 +29,6 @@ import { Upstream } from './helpers/upstream.js';
  * reached by Waymark and by the tabs through one fault proxy each.
  */
 
-// Debian's package (.ci/run installs it); playwright-core downloads no browser of its own.
-const CHROMIUM = '/usr/bin/chromium';
-// Without the background-networking flags Chromium keeps dialling Google's hosts, which this
-// machine's closed network refuses; --no-sandbox because the specs run as root.
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 const BUNDLE = join(fileURLToPath(new URL('../../', import.meta.url)), 'dist/browser/waymark-client.js');
 
 /** The page: connect, watch every path of the query with its token, and record what happens. */
@@ -82,9 +77,7 @@ describe('router restart and Waymark kill in the browser (headless Chromium)', f
   const problems: string[] = [];
 
   before(async function () {
-    if (!existsSync(CHROMIUM)) {
-      throw new Error(`the browser spec needs Debian's Chromium at ${CHROMIUM}: run 'apt-get install -y chromium' (.ci/run installs it)`);
-    }
+    const executablePath = chromiumOrSkip(this, 'spec/browser-restart.spec.ts');
     if (!existsSync(BUNDLE)) throw new Error(`${BUNDLE} is missing: run 'npm run build' (npm test builds it)`);
     const bundle = await readFile(BUNDLE);
     site = createServer((req, res) => {
@@ -94,7 +87,7 @@ describe('router restart and Waymark kill in the browser (headless Chromium)', f
     });
     await new Promise<void>((resolve) => site!.listen(0, '127.0.0.1', resolve));
     siteUrl = `http://127.0.0.1:${(site.address() as AddressInfo).port}`;
-    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+    browser = await chromium.launch({ executablePath, headless: true, args: [...CHROMIUM_ARGS] });
   });
 
   after(async function () {

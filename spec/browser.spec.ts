@@ -8,7 +8,7 @@ import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { randomChannel, testEnv } from './helpers/env.js';
 import { cleanEnv, freePort, runCli, type Proc } from './helpers/spawn.js';
 import { startDemoApi } from '../dev/demo-api.js';
-import { chromiumOrSkip, findChromium, inCi } from './helpers/chromium.js';
+import { CHROMIUM_ARGS, chromiumOrSkip, findChromium, inCi } from './helpers/chromium.js';
 
 /**
  * The browser demo end to end, as a person uses it: `waymark dev` serves the page, two tabs of
@@ -18,10 +18,6 @@ import { chromiumOrSkip, findChromium, inCi } from './helpers/chromium.js';
  * Chromium is found by spec/helpers/chromium.ts (WAYMARK_CHROMIUM, CHROME_PATH, install paths).
  */
 
-// Without the background-networking flags Chromium keeps dialling Google's hosts, which this
-// machine's closed network refuses; --no-sandbox because the specs run as root.
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const BUNDLE = join(ROOT, 'dist/browser/waymark-client.js');
 const GLOBAL_BUNDLE = join(ROOT, 'dist/browser/waymark-client.global.js');
@@ -61,7 +57,7 @@ describe('browser demo (headless Chromium)', function () {
     context = await chromium.launchPersistentContext(profileDir, {
       executablePath,
       headless: true,
-      args: CHROMIUM_ARGS,
+      args: [...CHROMIUM_ARGS],
       viewport: { width: 720, height: 820 },
     });
   });

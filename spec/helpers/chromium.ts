@@ -17,6 +17,13 @@ export const CHROMIUM_PATHS: readonly string[] = [
   '/Applications/Google Chrome.app/Contents/MacOS/Google Chrome',
 ];
 
+/**
+ * Launch flags: without the background-networking ones Chromium keeps dialling Google's hosts,
+ * which a closed network refuses; --no-sandbox because CI runs the specs as root.
+ */
+export const CHROMIUM_ARGS: readonly string[] = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+
 export const ENABLE_HINT = "install Chromium (Debian: apt-get install chromium) or set WAYMARK_CHROMIUM=/path/to/chrome";
 
 function executable(path: string): boolean {
