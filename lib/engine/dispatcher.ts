@@ -55,6 +55,13 @@ interface Group {
   held?: { headers: Record<string, string>; body: string; encoding: 'utf8' | 'base64' };
 }
 
+/**
+ * Publishes held back by the router's backpressure (see WampPublisher) above which finished
+ * fetches keep their slots, so no new fetch starts until the router catches up: results waiting
+ * for the router stay bounded to about this many Updates plus one fan-out per slot.
+ */
+export const MAX_HELD_PUBLISHES = 10_000;
+
 /** Statuses that mean the credentials are dead: the watch is suspended after pushing them. */
 const CREDENTIALS_REJECTED = new Set([401, 403]);
 /**
@@ -463,7 +470,10 @@ export class Dispatcher {
         }
       }
       this.active += 1;
-      this.track(this.run(g).finally(() => this.release()));
+      // run() frees the slot once the response is read; this covers a throw before that
+      let held = true;
+      const release = () => { if (held) { held = false; this.release(); } };
+      this.track(this.run(g, release).finally(release));
     }
     this.checkIdle();
   }
@@ -520,7 +530,15 @@ export class Dispatcher {
     return set ? [...set].filter((w) => !w.suspended) : [];
   }
 
-  private async run(g: Group): Promise<void> {
+  /**
+   * Fetch for one group and publish the result. The fetch slot is freed (`release`) as soon as
+   * the response is read and its publishes are handed to the publisher, so a slow router never
+   * throttles the fetches of other groups; the group itself stays running until its publishes
+   * are acknowledged (its next fetch coalesces meanwhile), so each watch's last delivered state
+   * is settled before it is compared again. Only while more than MAX_HELD_PUBLISHES publishes are
+   * held back by the router's backpressure does the slot stay taken, bounding their memory.
+   */
+  private async run(g: Group, release: () => void): Promise<void> {
     g.state = 'running';
     const trigger = g.next!;
     g.next = null;
@@ -535,18 +553,23 @@ export class Dispatcher {
       if (noResponse(result)) this.failed.add(g.key);
       else this.failed.delete(g.key);
       retryIn = this.afterResult(g, result);
+      let delivered: Promise<void> | undefined;
       if (result.status === 304 && revalidate) {
         const fresh = usableValidators(result.validators);
         if (fresh) g.validators = { ...fresh, status: 200, bodyHash: v.bodyHash };
-        if (this.opts.pushUnchanged && g.held) await this.deliver(g, this.freshen(g.held, result), trigger, v.bodyHash, g.failures > 1);
+        if (this.opts.pushUnchanged && g.held) delivered = this.deliver(g, this.freshen(g.held, result), trigger, v.bodyHash, g.failures > 1);
         else this.opts.metrics.unchangedSkipped.inc(watches.length);
       } else {
         const hash = bodyHash(result);
         const usable = result.status === 200 ? usableValidators(result.validators) : undefined;
         g.validators = usable ? { ...usable, status: 200, bodyHash: hash } : undefined;
         g.held = usable && this.opts.pushUnchanged ? { headers: result.headers, body: result.body, encoding: result.encoding } : undefined;
-        await this.deliver(g, result, trigger, hash, g.failures > 1);
+        delivered = this.deliver(g, result, trigger, hash, g.failures > 1);
       }
+      // deliver() has handed every publish over synchronously; only a backlog holds the slot now
+      if (this.opts.publisher.room) await this.opts.publisher.room(MAX_HELD_PUBLISHES);
+      release();
+      await delivered;
     }
     if (this.closed) g.next = null; // a bump that came while fetching: too late now
     if (!this.opts.registry.group(g.path, g.credKey)) {

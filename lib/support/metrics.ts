@@ -13,6 +13,16 @@ export class Metrics {
   });
   readonly publishes = new Counter({ name: 'waymark_publishes_total', help: 'Updates published', registers: [this.registry] });
   readonly publishesFailed = new Counter({ name: 'waymark_publishes_failed_total', help: 'Updates not published (router connection down or lost before the acknowledgement); refetched after the rejoin', registers: [this.registry] });
+  /** read at scrape time; the component points it at its publisher */
+  publishBacklog: () => { inFlight: number; waiting: number } = () => ({ inFlight: 0, waiting: 0 });
+  readonly publishesInFlight = new Gauge({
+    name: 'waymark_publishes_in_flight', help: 'Updates sent to the router and not yet acknowledged', registers: [this.registry],
+    collect: () => { this.publishesInFlight.set(this.publishBacklog().inFlight); },
+  });
+  readonly publishesWaiting = new Gauge({
+    name: 'waymark_publishes_waiting', help: 'Updates held back while the router connection\'s send buffer is over its high-water mark (2 MiB)', registers: [this.registry],
+    collect: () => { this.publishesWaiting.set(this.publishBacklog().waiting); },
+  });
   readonly unchangedSkipped = new Counter({ name: 'waymark_unchanged_skipped_total', help: 'Updates not published because nothing changed', registers: [this.registry] });
   readonly deduplicated = new Counter({ name: 'waymark_fetches_deduplicated_total', help: 'Watches served by a fetch made for another watch with the same path and credentials', registers: [this.registry] });
   readonly coalesced = new Counter({ name: 'waymark_bumps_coalesced_total', help: 'Bumps folded into a fetch already queued or in flight', registers: [this.registry] });

@@ -60,6 +60,8 @@ export class Waymark {
   private readonly bumpEndpoint?: BumpEndpoint;
   private readonly rateLimiter: SessionRateLimiter;
   private readonly wampPublisher?: WampPublisher;
+  /** the router connection's socket, read for backpressure on publishes */
+  private routerSocket?: Socket;
   private readonly instances: Instances;
   private connection?: autobahn.Connection;
   private session?: autobahn.Session;
@@ -127,7 +129,9 @@ export class Waymark {
     this.bumpSource = opts.bumpSource ?? (config.bumpStream
       ? new RedisStreamBumpSource({ ...source, stream: config.bumpStream, reader: config.bumpStreamReader })
       : new RedisBumpSource(source));
-    if (!opts.publisher) this.wampPublisher = new WampPublisher(() => this.session);
+    if (!opts.publisher) this.wampPublisher = new WampPublisher(() => this.session, () => this.routerSocket);
+    const publisher = this.wampPublisher;
+    if (publisher) this.metrics.publishBacklog = () => ({ inFlight: publisher.inFlight, waiting: publisher.waiting });
     this.dispatcher = new Dispatcher({
       registry: this.registry,
       fetcher: this.fetcher,
@@ -242,7 +246,8 @@ export class Waymark {
           type: 'websocket',
           url: routerUrl,
           autoping_interval: routerPingMs / 1000,
-          agent: handshakeAgent(routerUrl, 2 * routerPingMs),
+          // autobahn creates one transport at a time: the newest socket is the joined session's
+          agent: handshakeAgent(routerUrl, 2 * routerPingMs, (socket) => { this.routerSocket = socket; }),
         } as autobahn.ITransportDefinition],
         ...(routerAuthid
           ? { authmethods: ['ticket'], authid: routerAuthid, onchallenge: () => routerTicket ?? '' }
@@ -595,13 +600,14 @@ export class Waymark {
  * An HTTP agent whose sockets give up when the WebSocket opening handshake has not completed
  * within `ms` (ws clears the socket timeout once the connection is upgraded).
  */
-function handshakeAgent(url: string, ms: number): http.Agent {
+function handshakeAgent(url: string, ms: number, onSocket: (socket: Socket) => void): http.Agent {
   const Base = url.startsWith('wss:') ? https.Agent : http.Agent;
   const agent = new Base();
   const create = (agent as unknown as { createConnection: (...a: unknown[]) => Socket }).createConnection.bind(agent);
   (agent as unknown as { createConnection: (...a: unknown[]) => Socket }).createConnection = (...args: unknown[]) => {
     const socket = create(...args);
     socket.setTimeout(ms, () => socket.destroy(new Error(`no WebSocket handshake with the router within ${ms} ms`)));
+    onSocket(socket);
     return socket;
   };
   return agent;
