@@ -3,6 +3,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { fork, type ChildProcess } from 'node:child_process';
 import type { Update, WatchResult } from '../lib/protocol/types.js';
 import { PROC_WATCH } from '../lib/protocol/uris.js';
+import { UpdateJsonSerializer } from '../lib/engine/publisher.js';
 import { sleep, testEnv, waitFor } from './helpers/env.js';
 import { FaultProxy } from './helpers/fault-proxy.js';
 import { startWaymark, type Harness } from './helpers/harness.js';
@@ -149,5 +150,30 @@ describe('publishing: fetches never wait for the router', function () {
       wm = undefined;
       await proxy.stop();
     }
+  });
+});
+
+describe('publishing: one body escaped once per fan-out', function () {
+  const update = (body: string, headers: Record<string, string> = { 'content-type': 'application/json' }): Update => ({
+    watch: 'w1', path: '/p', status: 200, headers, body, encoding: 'utf8', bump: { id: 'b1', at: 1 }, fetchedAt: 2,
+  });
+  const publish = (id: number, u: Update, kwargs?: object) =>
+    [16, id, { acknowledge: true, eligible: [id] }, `waymark.session.${id}`, [u], ...(kwargs ? [kwargs] : [])];
+  const big = (s: string) => s.repeat(Math.ceil(2048 / s.length));
+
+  it('writes exactly what JSON.stringify writes, for every kind of body and message', function () {
+    const ser = new UpdateJsonSerializer();
+    const bodies = [
+      big('{"a":"caf\u00e9","b":"\\ \"q\" \n"}'), big('\u2028\u2029 \u0000 \u001f'), big('x\ud800y'), big('\udc00'),
+      big('\u0000waymark.body\u0000'), 'short', '', big('QUJD'),
+    ];
+    const messages: unknown[][] = [];
+    for (const [i, body] of bodies.entries()) {
+      messages.push(publish(i, update(body)), publish(i + 100, update(body)), publish(i, update(body), { k: 1 }));
+      // a header holding the mark's text: cannot splice, serialised whole
+      messages.push(publish(i, update(body, { 'x-mark': '\u0000waymark.body\u0000' })));
+    }
+    messages.push([48, 7, {}, 'waymark.watch', ['/p', { token: 't' }]], [16, 8, {}, 'waymark.session.1', []], [16, 9, {}, 't', ['a', 'b']]);
+    for (const m of messages) expect(ser.serialize(m)).to.equal(JSON.stringify(m));
   });
 });

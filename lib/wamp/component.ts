@@ -15,7 +15,7 @@ import { ConfigError, WaymarkError } from '../protocol/errors.js';
 import { UndiciFetcher, type Fetcher } from '../engine/fetcher.js';
 import { redactUrl, silentLogger, type Logger } from '../support/logger.js';
 import { Metrics } from '../support/metrics.js';
-import { WampPublisher, type Publisher } from '../engine/publisher.js';
+import { UpdateJsonSerializer, WampPublisher, type Publisher } from '../engine/publisher.js';
 import type { Bump, ForwardHeaders, WatchResult } from '../protocol/types.js';
 import { authorize } from './authorizer.js';
 import { SessionRateLimiter } from './rate-limiter.js';
@@ -248,6 +248,7 @@ export class Waymark {
           autoping_interval: routerPingMs / 1000,
           // autobahn creates one transport at a time: the newest socket is the joined session's
           agent: handshakeAgent(routerUrl, 2 * routerPingMs, (socket) => { this.routerSocket = socket; }),
+          serializers: [new UpdateJsonSerializer()],
         } as autobahn.ITransportDefinition],
         ...(routerAuthid
           ? { authmethods: ['ticket'], authid: routerAuthid, onchallenge: () => routerTicket ?? '' }
