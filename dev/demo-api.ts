@@ -4,16 +4,20 @@ import type { AddressInfo } from 'node:net';
 
 /**
  * The demo API of `waymark dev` and docker compose: `/users/:id` answers per bearer token, so
- * alice and bob see different data on the same path, and 401 without a known token. Editing a
- * profile (PUT/PATCH/POST) bumps its path, which is all a backend has to do for live updates.
+ * alice and bob see different data on the same path, and 401 without a known token; `/users`
+ * lists them. Responses name the profiles they show in `Waymark-Tags: user:<id>`, and editing a
+ * profile (PUT/PATCH/POST) bumps that tag, which is all a backend has to do for live updates.
  * With `page`, it also serves the browser demo (dev/demo/index.html) at `/`, the client bundle
  * it imports, and `/config.json` telling the page where the router is.
  */
 export interface DemoApiOptions {
   host?: string;
   port?: number;
-  /** called after every edit with the changed path; the CLI wires it to a Redis PUBLISH */
-  bump?: (path: string) => Promise<void> | void;
+  /**
+   * called after every edit with what changed: the profile's tag (`user:<id>`), which every
+   * response showing that profile declares in `Waymark-Tags`; the CLI wires it to a Redis PUBLISH
+   */
+  bump?: (target: { tags: string[] }) => Promise<void> | void;
   /** serve the browser demo page; the router URL is what the browser connects to */
   page?: DemoPageOptions;
 }
@@ -103,6 +107,12 @@ export function createDemoApiHandler(opts: Pick<DemoApiOptions, 'bump' | 'page'>
       if (url.pathname === '/index.html') url.pathname = '/';
       if (Object.hasOwn(PAGE_FILES, url.pathname)) return sendPageFile(res, url.pathname);
     }
+    if (url.pathname === '/users' && req.method === 'GET') {
+      // A list shows every profile, so it depends on each: one edit's tag bump refreshes it too.
+      if (!/^Bearer (alice|bob)$/.test(req.headers.authorization ?? '')) return send(res, 401, { error: 'a bearer token is required: try alice or bob' });
+      res.setHeader('waymark-tags', [...profiles.keys()].map((id) => `user:${id}`).join(' '));
+      return send(res, 200, [...profiles.values()].map(({ id, name }) => ({ id, name })));
+    }
     const match = /^\/users\/(\d+)$/.exec(url.pathname);
     if (!match) return send(res, 404, { error: 'not found' });
     const auth = /^Bearer (.+)$/.exec(req.headers.authorization ?? '');
@@ -115,6 +125,7 @@ export function createDemoApiHandler(opts: Pick<DemoApiOptions, 'bump' | 'page'>
       // The side effect Waymark's refetches must not cause: they carry X-Waymark.
       if (!req.headers['x-waymark']) profile.views += 1;
       const { email, ...visible } = profile;
+      res.setHeader('waymark-tags', `user:${profile.id}`);
       return send(res, 200, { ...visible, viewer: who.viewer, ...(own ? { email } : {}) });
     }
     if (req.method === 'PUT' || req.method === 'PATCH' || req.method === 'POST') {
@@ -128,7 +139,8 @@ export function createDemoApiHandler(opts: Pick<DemoApiOptions, 'bump' | 'page'>
       if (typeof body.name === 'string') profile.name = body.name.slice(0, 200);
       if (typeof body.bio === 'string') profile.bio = body.bio.slice(0, 2000);
       profile.version += 1;
-      await opts.bump?.(url.pathname);
+      // The backend names what changed, not who shows it: every watch on this profile or a list of it.
+      await opts.bump?.({ tags: [`user:${profile.id}`] });
       return send(res, 200, { ok: true, version: profile.version });
     }
     res.setHeader('allow', 'GET, PUT, PATCH, POST');

@@ -9,6 +9,8 @@ import { ConfigError } from './protocol/errors.js';
 import { createLogger, redactUrl, type Logger } from './support/logger.js';
 import { sessionTopic, PROC_WATCH, WAMP_SUBPROTOCOLS } from './protocol/uris.js';
 import { VERSION } from './protocol/version.js';
+import { DEFAULTS } from './protocol/config.js';
+import { isValidTag, validatePath } from './protocol/validation.js';
 
 type Env = Record<string, string | undefined>;
 
@@ -21,7 +23,7 @@ Commands:
   serve                 run the Waymark component (configuration from WAYMARK_* variables)
   dev                   run an in-process router, the component and a demo API on this machine
   watch <path>          watch a path as a browser would and print each Update as one JSON line
-  bump <path>...        publish a bump for one or more paths to Redis
+  bump [<path>...]      publish a bump for paths, prefixes (--prefix) and tags (--tag) to Redis
   doctor                check router, realm, authentication, Redis and the API, one line each
   demo-api              run the demo API alone (used by docker compose)
 
@@ -53,14 +55,19 @@ Options:
   --header K:V   an extra request header from the allowlist (repeatable)
   --snapshot     print a first fetch at once
   --count N      exit 0 after N Updates (the snapshot counts)`,
-  bump: `Usage: waymark bump <path>... [--id ID]
+  bump: `Usage: waymark bump [<path>...] [--prefix P]... [--tag T]... [--id ID]
 
-Publishes one bump for the given paths on WAYMARK_BUMP_CHANNEL (default waymark:bumps) of
-WAYMARK_REDIS_URL. The same as: redis-cli PUBLISH waymark:bumps /users/1
+Publishes one bump for all of the given paths, prefixes and tags on WAYMARK_BUMP_CHANNEL
+(default waymark:bumps) of WAYMARK_REDIS_URL. A path without a query reaches every query of
+that path; a prefix reaches every path under it (/projects/7 reaches /projects/7/tasks/3); a tag
+reaches every watch whose latest response named it in Waymark-Tags (or Surrogate-Key, Cache-Tag).
+For one path, the same as: redis-cli PUBLISH waymark:bumps /users/1
 With WAYMARK_BUMP_STREAM set (stream mode), adds it to that stream instead:
 redis-cli XADD <stream> MAXLEN ~ 100000 '*' bump /users/1 (WAYMARK_BUMP_STREAM_MAXLEN)
 
 Options:
+  --prefix P     a path prefix to bump (repeatable)
+  --tag T        a tag to bump (repeatable)
   --id ID        bump id passed to the API as X-Waymark (default: Waymark makes one)`,
   doctor: `Usage: waymark doctor [--timeout-ms N]
 
@@ -374,15 +381,25 @@ async function watch(argv: string[], io: CliIO): Promise<number> {
 }
 
 async function bump(argv: string[], io: CliIO): Promise<number> {
-  const { values, positionals } = parse('bump', argv, { id: { type: 'string' } });
+  const { values, positionals } = parse('bump', argv, {
+    id: { type: 'string' }, prefix: { type: 'string', multiple: true }, tag: { type: 'string', multiple: true },
+  });
   if (values.help) { io.stdout.write(`${HELP.bump}\n`); return 0; }
-  if (positionals.length === 0) throw new UsageError(`give one or more paths\n\n${HELP.bump}`);
+  const prefixes = (values.prefix as string[] | undefined) ?? [];
+  const tags = (values.tag as string[] | undefined) ?? [];
+  if (positionals.length + prefixes.length + tags.length === 0) throw new UsageError(`give one or more paths, --prefix or --tag\n\n${HELP.bump}`);
+  // Checked here with Waymark's own grammar, so a typo is an error now rather than a bump Waymark drops.
+  const bad = [...positionals, ...prefixes].find((p) => { try { validatePath(p, DEFAULTS.maxPathBytes); return false; } catch { return true; } })
+    ?? tags.find((t) => !isValidTag(t));
+  if (bad !== undefined) throw new UsageError(`not a valid ${tags.includes(bad) ? 'tag' : 'path'}: ${JSON.stringify(bad)}\n\n${HELP.bump}`);
   const target = loadBumpTarget(io.env);
   const bumper = createBumper(bumperOptions(target));
   try {
-    const receivers = await bumper.bump(positionals, { id: values.id as string | undefined });
-    if (target.bumpStream) io.stderr.write(`waymark bump: added ${positionals.length} path(s) to stream ${target.bumpStream}\n`);
-    else io.stderr.write(`waymark bump: published ${positionals.length} path(s) on ${target.bumpChannel}; ${receivers} Waymark subscriber(s) received it\n`);
+    const receivers = await bumper.bump({ paths: positionals, prefixes, tags }, { id: values.id as string | undefined });
+    const what = [[positionals.length, 'path(s)'], [prefixes.length, 'prefix(es)'], [tags.length, 'tag(s)']]
+      .filter(([n]) => n).map(([n, w]) => `${n} ${w}`).join(', ');
+    if (target.bumpStream) io.stderr.write(`waymark bump: added ${what} to stream ${target.bumpStream}\n`);
+    else io.stderr.write(`waymark bump: published ${what} on ${target.bumpChannel}; ${receivers} Waymark subscriber(s) received it\n`);
     return 0;
   } finally {
     await bumper.close();

@@ -4,7 +4,7 @@ import { waitAtMost } from '../support/deadline.js';
 import type { Logger } from '../support/logger.js';
 import { RateLimitedLog } from '../support/rate-limited-log.js';
 import type { Bump } from '../protocol/types.js';
-import { validatePath } from '../protocol/validation.js';
+import { isValidTag, MAX_TAG_LENGTH, parseTraceparent, validatePath } from '../protocol/validation.js';
 
 export interface BumpSource {
   /** Resolves once bumps flow; `onBump` is called for every well-formed bump. */
@@ -16,24 +16,33 @@ export const MAX_BUMP_MESSAGE_BYTES = 64 * 1024;
 export const MAX_PATHS_PER_BUMP = 1_000;
 const MAX_ID_LENGTH = 200;
 
-/** `invalid`: why the first dropped path was refused, for callers that answer the sender (POST /bump). */
+/**
+ * What one bump names. `invalid`: why the first dropped entry was refused, for callers that
+ * answer the sender (POST /bump).
+ */
 export type ParsedBump =
-  | { ok: true; id?: string; paths: string[]; dropped: number; invalid?: string; probe?: undefined }
+  | { ok: true; id?: string; paths: string[]; prefixes: string[]; tags: string[]; traceparent?: string; dropped: number; invalid?: string; probe?: undefined }
   /** `{"probe": "<token>"}`: Waymark's own liveness probe, never a bump (it carries no paths) */
-  | { ok: true; probe: string; paths: []; dropped: 0; id?: undefined }
+  | { ok: true; probe: string; paths: []; prefixes: []; tags: []; dropped: 0; id?: undefined; traceparent?: undefined }
   | { ok: false; reason: string };
 
+const LISTS = ['paths', 'prefixes', 'tags'] as const;
+
 /**
- * The three message forms of contract section 4: a bare path, `{"path", "id"?}` or
- * `{"paths": [...], "id"?}`. Paths that fail the watch grammar are dropped (they can match no
- * watch anyway) and counted, so a hostile bump can never make Waymark fetch them.
+ * The message forms of contract sections 4 and 11: a bare path, `{"path", "id"?}` or
+ * `{"paths"?, "prefixes"?, "tags"?, "id"?, "traceparent"?}` (at least one of the three lists).
+ * Paths and prefixes that fail the watch grammar, and tags that fail the tag grammar, are
+ * dropped (they can match no watch anyway) and counted, so a hostile bump can never make
+ * Waymark fetch them; the cap of MAX_PATHS_PER_BUMP entries counts all three lists together.
+ * An invalid traceparent is ignored: the bump still counts (contract 11.6).
  */
 export function parseBumpMessage(message: unknown, maxPathBytes: number): ParsedBump {
   if (typeof message !== 'string') return { ok: false, reason: 'message is not a string' };
   if (Buffer.byteLength(message) > MAX_BUMP_MESSAGE_BYTES) return { ok: false, reason: `message is over ${MAX_BUMP_MESSAGE_BYTES} bytes` };
   const text = message.trim();
   let id: string | undefined;
-  let candidates: unknown[];
+  let traceparent: string | undefined;
+  const candidates: Record<(typeof LISTS)[number], unknown[]> = { paths: [], prefixes: [], tags: [] };
   if (text.startsWith('{')) {
     let parsed: unknown;
     try {
@@ -47,7 +56,7 @@ export function parseBumpMessage(message: unknown, maxPathBytes: number): Parsed
       if (typeof obj.probe !== 'string' || obj.probe.length === 0 || obj.probe.length > MAX_ID_LENGTH) {
         return { ok: false, reason: 'probe must be a non-empty string' };
       }
-      return { ok: true, probe: obj.probe, paths: [], dropped: 0 };
+      return { ok: true, probe: obj.probe, paths: [], prefixes: [], tags: [], dropped: 0 };
     }
     if (obj.id !== undefined) {
       if (typeof obj.id !== 'string' || obj.id.length === 0 || obj.id.length > MAX_ID_LENGTH || /[\x00-\x1f\x7f]/.test(obj.id)) {
@@ -55,32 +64,56 @@ export function parseBumpMessage(message: unknown, maxPathBytes: number): Parsed
       }
       id = obj.id;
     }
-    if (typeof obj.path === 'string' && obj.paths === undefined) candidates = [obj.path];
-    else if (Array.isArray(obj.paths) && obj.path === undefined) candidates = obj.paths;
-    else return { ok: false, reason: 'JSON message needs a string "path" or an array "paths"' };
+    traceparent = parseTraceparent(obj.traceparent);
+    const needs = 'JSON message needs a string "path" or an array "paths", "prefixes" or "tags" ("path" and "paths" not both)';
+    if (obj.path !== undefined) {
+      if (typeof obj.path !== 'string' || obj.paths !== undefined) return { ok: false, reason: needs };
+      candidates.paths = [obj.path];
+    }
+    for (const list of LISTS) {
+      const v = obj[list];
+      if (v === undefined) continue;
+      if (!Array.isArray(v)) return { ok: false, reason: `"${list}" must be an array` };
+      candidates[list] = v;
+    }
+    if (obj.path === undefined && LISTS.every((l) => obj[l] === undefined)) {
+      return { ok: false, reason: needs };
+    }
   } else if (text.startsWith('/')) {
-    candidates = [text];
+    candidates.paths = [text];
   } else {
     return { ok: false, reason: 'message is neither a path nor a JSON object' };
   }
-  const paths = new Set<string>();
+  const out = { paths: new Set<string>(), prefixes: new Set<string>(), tags: new Set<string>() };
+  let entries = 0;
   let dropped = 0;
   let invalid: string | undefined;
-  for (const c of candidates) {
-    if (paths.size >= MAX_PATHS_PER_BUMP) {
-      dropped += 1;
-      invalid ??= `more than ${MAX_PATHS_PER_BUMP} paths in one bump`;
-      continue;
-    }
-    try {
-      paths.add(validatePath(c, maxPathBytes));
-    } catch (err) {
-      dropped += 1;
-      invalid ??= (err as Error).message;
+  for (const list of LISTS) {
+    for (const c of candidates[list]) {
+      if (entries >= MAX_PATHS_PER_BUMP) {
+        dropped += 1;
+        invalid ??= `more than ${MAX_PATHS_PER_BUMP} paths, prefixes and tags in one bump`;
+        continue;
+      }
+      try {
+        if (list === 'tags') {
+          if (!isValidTag(c)) throw new Error(`tag ${JSON.stringify(c).slice(0, 80)} is not 1-${MAX_TAG_LENGTH} visible ASCII characters without comma`);
+          out.tags.add(c);
+        } else {
+          out[list].add(validatePath(c, maxPathBytes));
+        }
+        entries += 1;
+      } catch (err) {
+        dropped += 1;
+        invalid ??= `${list === 'prefixes' ? 'prefix: ' : ''}${(err as Error).message}`;
+      }
     }
   }
-  if (paths.size === 0) return { ok: false, reason: `no valid path in message${invalid ? ` (${invalid})` : ''}` };
-  return { ok: true, id, paths: [...paths], dropped, ...(invalid ? { invalid } : {}) };
+  if (entries === 0) return { ok: false, reason: `no valid path, prefix or tag in message${invalid ? ` (${invalid})` : ''}` };
+  return {
+    ok: true, id, paths: [...out.paths], prefixes: [...out.prefixes], tags: [...out.tags], dropped,
+    ...(traceparent ? { traceparent } : {}), ...(invalid ? { invalid } : {}),
+  };
 }
 
 export interface RedisBumpSourceOptions {
@@ -237,9 +270,14 @@ abstract class RedisSource implements BumpSource {
       return;
     }
     if (parsed.dropped > 0) {
-      this.warnings.warn('bump-paths-dropped', 'dropped invalid or excess paths from a bump', { dropped: parsed.dropped });
+      this.warnings.warn('bump-paths-dropped', 'dropped invalid or excess paths, prefixes or tags from a bump', { dropped: parsed.dropped });
     }
-    onBump({ id: parsed.id ?? randomUUID(), paths: parsed.paths, at });
+    onBump({
+      id: parsed.id ?? randomUUID(), paths: parsed.paths, at,
+      ...(parsed.prefixes.length ? { prefixes: parsed.prefixes } : {}),
+      ...(parsed.tags.length ? { tags: parsed.tags } : {}),
+      ...(parsed.traceparent ? { traceparent: parsed.traceparent } : {}),
+    });
   }
 
   /** Force a reconnect of every connection (the owner's state follows from their events). */

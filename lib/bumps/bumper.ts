@@ -14,13 +14,31 @@ export interface BumperOptions {
   streamMaxLen?: number;
 }
 
+/** What one bump names (contract 4 and 11): any mix, at least one entry, 1,000 entries at most. */
+export interface BumpTargets {
+  /** exact paths; one without a query reaches every query of that path */
+  paths?: string[];
+  /** path prefixes, matched at a segment boundary (`/projects/7` reaches `/projects/7/tasks`) */
+  prefixes?: string[];
+  /** tags the API declared in its `Waymark-Tags` (or `Surrogate-Key`, `Cache-Tag`) headers */
+  tags?: string[];
+}
+
+export interface BumpOptions {
+  /** the bump id the API sees as `X-Waymark`; Waymark makes one when absent */
+  id?: string;
+  /** a W3C traceparent sent on the fetches this bump causes */
+  traceparent?: string;
+}
+
 export interface Bumper {
   /**
-   * Publish one bump for one or more paths. Pub/sub: resolves with the number of Waymark
-   * subscribers that got it. Stream mode: resolves with 1 once the entry is stored (every reader
-   * reads it, now or after an outage).
+   * Publish one bump: a path, several paths, or `{ paths?, prefixes?, tags? }`. Pub/sub: resolves
+   * with the number of Waymark subscribers that got it. Stream mode: resolves with 1 once the
+   * entry is stored (every reader reads it, now or after an outage). Throws a TypeError for
+   * nothing to bump or an entry that is not a string (paths and prefixes must start with `/`).
    */
-  bump(pathOrPaths: string | string[], opts?: { id?: string }): Promise<number>;
+  bump(target: string | string[] | BumpTargets, opts?: BumpOptions): Promise<number>;
   close(): Promise<void>;
 }
 
@@ -40,15 +58,23 @@ export function createBumper(opts: BumperOptions = {}): Bumper {
   const channel = opts.channel ?? DEFAULTS.bumpChannel;
   let closing: Promise<void> | undefined;
   return {
-    async bump(pathOrPaths, { id } = {}) {
-      const paths = Array.isArray(pathOrPaths) ? pathOrPaths : [pathOrPaths];
-      if (paths.length === 0 || paths.some((p) => typeof p !== 'string' || !p.startsWith('/'))) {
-        throw new TypeError('bump needs one or more origin-relative paths such as "/users/1"');
+    async bump(target, { id, traceparent } = {}) {
+      const t: BumpTargets = typeof target === 'string' ? { paths: [target] } : Array.isArray(target) ? { paths: target } : target ?? {};
+      const paths = t.paths ?? [];
+      const prefixes = t.prefixes ?? [];
+      const tags = t.tags ?? [];
+      if (paths.length + prefixes.length + tags.length === 0
+        || [...paths, ...prefixes].some((p) => typeof p !== 'string' || !p.startsWith('/'))
+        || tags.some((tag) => typeof tag !== 'string' || tag.length === 0)) {
+        throw new TypeError('bump needs origin-relative paths or prefixes such as "/users/1", or non-empty tags');
       }
+      const extra = { ...(id ? { id } : {}), ...(traceparent ? { traceparent } : {}) };
       // The bare-path form is the cheapest for Waymark to parse; JSON only when it carries more.
-      const message = paths.length === 1 && id === undefined && !/\s/.test(paths[0])
+      const message = paths.length === 1 && prefixes.length + tags.length === 0 && id === undefined && !traceparent && !/\s/.test(paths[0])
         ? paths[0]
-        : JSON.stringify(paths.length === 1 ? { path: paths[0], ...(id ? { id } : {}) } : { paths, ...(id ? { id } : {}) });
+        : JSON.stringify(paths.length === 1 && prefixes.length + tags.length === 0
+          ? { path: paths[0], ...extra }
+          : { ...(paths.length ? { paths } : {}), ...(prefixes.length ? { prefixes } : {}), ...(tags.length ? { tags } : {}), ...extra });
       if (opts.stream) {
         // The same three message forms, in the `bump` field of one entry; MAXLEN ~ keeps it bounded.
         await redis.xadd(opts.stream, 'MAXLEN', '~', opts.streamMaxLen ?? DEFAULTS.bumpStreamMaxLen, '*', 'bump', message);

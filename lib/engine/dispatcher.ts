@@ -20,7 +20,12 @@ export interface DispatcherOptions {
   metrics: Metrics;
   /** the longest pause a Retry-After may impose. @default 60000 */
   maxRetryAfterMs?: number;
+  /** a 410 ended these watches (contract 11.5): their Update was published, remove them */
+  onEnded?: (watches: Watch[]) => void;
 }
+
+/** X-Waymark of a revalidation (contract 11.4). */
+export const REVALIDATE = 'revalidate';
 
 /** What made a group fetch: a bump, or a catch-up after new credentials (`bump: null`). */
 interface Trigger {
@@ -49,6 +54,8 @@ interface Group {
 /** Statuses that mean the credentials are dead: the watch is suspended after pushing them. */
 const CREDENTIALS_REJECTED = new Set([401, 403]);
 const BACK_OFF = new Set([429, 503]);
+/** 410 Gone ends a watch (contract 11.5); 404 does not: the resource may come to exist. */
+const GONE = 410;
 
 function toUpdate(watch: Watch, r: FetchResult, bump: Bump | null): Update {
   const u: Update = {
@@ -56,6 +63,7 @@ function toUpdate(watch: Watch, r: FetchResult, bump: Bump | null): Update {
     bump: bump ? { id: bump.id, at: bump.at } : null, fetchedAt: r.fetchedAt,
   };
   if (r.error) u.error = r.error;
+  if (r.status === GONE) u.ended = true;
   return u;
 }
 
@@ -115,12 +123,10 @@ export class Dispatcher {
   dispatch(bump: Bump): Promise<void> {
     const trigger = { reason: bump.id, bump };
     let groups = 0;
-    for (const path of bump.paths) {
-      for (const [credKey, watches] of this.opts.registry.groupsOn(path)) {
-        if (![...watches].some((w) => !w.suspended)) continue;
-        this.schedule(path, credKey, trigger);
-        groups += 1;
-      }
+    for (const [path, credKey, watches] of this.opts.registry.match(bump)) {
+      if (![...watches].some((w) => !w.suspended)) continue;
+      this.schedule(path, credKey, trigger);
+      groups += 1;
     }
     if (groups === 0) this.opts.logger.debug('bump matched no watch', { bump: bump.id, paths: bump.paths.length });
     return this.settled();
@@ -130,6 +136,19 @@ export class Dispatcher {
   refetch(watch: Watch, reason: string): Promise<void> {
     this.schedule(watch.path, watch.credKey, { reason, bump: null });
     return this.settled();
+  }
+
+  /**
+   * A revalidation turn of one group (contract 11.4): a conditional refetch with
+   * `X-Waymark: revalidate` that publishes only what changed. Skipped while the group is
+   * already queued or fetching: that fetch answers the same question.
+   */
+  revalidate(path: string, credKey: string): void {
+    const state = this.groups.get(groupKey(path, credKey))?.state;
+    if (this.closed || state === 'queued' || state === 'running') return;
+    const watches = this.opts.registry.group(path, credKey);
+    if (!watches || ![...watches].some((w) => !w.suspended)) return;
+    this.schedule(path, credKey, { reason: REVALIDATE, bump: null });
   }
 
   /** Refetch every group once (after an outage); publishes only what changed. */
@@ -182,6 +201,8 @@ export class Dispatcher {
     } finally {
       this.release();
     }
+    this.noteTags(watch.path, watch.credKey, result);
+    if (result.status === GONE) this.opts.onEnded?.([watch]);
     watch.lastSent = { status: result.status, bodyHash: bodyHash(result) };
     if (CREDENTIALS_REJECTED.has(result.status)) watch.suspended = true;
     // A failed snapshot is refetched with the failed groups once the API answers again.
@@ -330,9 +351,9 @@ export class Dispatcher {
     idle.resolve();
   }
 
-  private async fetch(path: string, headers: Watch['headers'], reason: string, validators?: Validators): Promise<FetchResult> {
+  private async fetch(path: string, headers: Watch['headers'], reason: string, validators?: Validators, traceparent?: string): Promise<FetchResult> {
     const started = process.hrtime.bigint();
-    const result = await this.opts.fetcher.fetch({ path, headers, reason, ...(validators ? { validators } : {}) });
+    const result = await this.opts.fetcher.fetch({ path, headers, reason, ...(validators ? { validators } : {}), ...(traceparent ? { traceparent } : {}) });
     this.opts.metrics.fetchSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
     this.opts.metrics.fetches.inc({ class: Metrics.statusClass(result.status) });
     return result;
@@ -353,7 +374,9 @@ export class Dispatcher {
       // watcher that joined since needs the body, and a 304 would not carry it.
       const v = g.validators;
       const revalidate = v && watches.every((w) => w.lastSent?.bodyHash === v.bodyHash && w.lastSent.status === v.status);
-      const result = await this.fetch(g.path, watches[0].headers, trigger.reason, revalidate ? v : undefined);
+      const result = await this.fetch(g.path, watches[0].headers, trigger.reason, revalidate ? v : undefined, trigger.bump?.traceparent);
+      this.noteTags(g.path, g.credKey, result);
+      const revalidation = trigger.reason === REVALIDATE;
       if (isFailure(result)) this.failed.add(g.key);
       else this.failed.delete(g.key);
       if (BACK_OFF.has(result.status) && result.retryAfterMs !== undefined && !g.retried) {
@@ -364,12 +387,14 @@ export class Dispatcher {
         g.retried = true;
       } else if (result.status === 304 && v) {
         this.opts.metrics.unchangedSkipped.inc(watches.length);
+        if (revalidation) this.opts.metrics.revalidations.inc({ result: 'not_modified' });
       } else {
         const hash = bodyHash(result);
         g.validators = result.status === 200 && result.validators
           ? { ...result.validators, status: 200, bodyHash: hash }
           : undefined;
-        await this.deliver(g, result, trigger, hash);
+        const published = await this.deliver(g, result, trigger, hash);
+        if (revalidation) this.opts.metrics.revalidations.inc({ result: isFailure(result) ? 'failed' : published > 0 ? 'changed' : 'unchanged' });
       }
     }
     if (g.next && this.closed) g.next = null; // a bump that came while fetching: too late now
@@ -385,8 +410,21 @@ export class Dispatcher {
     }
   }
 
-  /** Publish one result to every watch of the group, as it is now (not when the fetch began). */
-  private async deliver(g: Group, result: FetchResult, trigger: Trigger, hash: string): Promise<void> {
+  /**
+   * The group's tags follow its latest response (contract 11.3): any status sets them, a 304
+   * keeps them, no response (status 0) keeps them. Only for a group that still has watches.
+   */
+  private noteTags(path: string, credKey: string, result: FetchResult): void {
+    if (result.tagsDropped) this.opts.metrics.tagsDropped.inc(result.tagsDropped);
+    if (result.tags === undefined || result.status === 0 || result.status === 304) return;
+    if (this.opts.registry.group(path, credKey)) this.opts.registry.tags.set(path, credKey, result.tags);
+  }
+
+  /**
+   * Publish one result to every watch of the group, as it is now (not when the fetch began).
+   * Returns how many Updates it sent.
+   */
+  private async deliver(g: Group, result: FetchResult, trigger: Trigger, hash: string): Promise<number> {
     const { metrics, logger, publisher, pushUnchanged } = this.opts;
     const watches = this.liveWatches(g);
     if (watches.length > 1) metrics.deduplicated.inc(watches.length - 1);
@@ -399,7 +437,10 @@ export class Dispatcher {
         watch.suspended = true;
         logger.info('watch suspended: credentials rejected', { watch: watch.id, session: watch.session, status: result.status });
       }
-      if (!pushUnchanged && watch.lastSent && watch.lastSent.status === result.status && watch.lastSent.bodyHash === hash) {
+      // A revalidation publishes only news, whatever WAYMARK_PUSH_UNCHANGED says (contract 11.4);
+      // a 410 is the watch's last word and always goes out.
+      if ((!pushUnchanged || trigger.reason === REVALIDATE) && result.status !== GONE
+        && watch.lastSent && watch.lastSent.status === result.status && watch.lastSent.bodyHash === hash) {
         metrics.unchangedSkipped.inc();
         continue;
       }
@@ -414,5 +455,7 @@ export class Dispatcher {
       }));
     }
     await Promise.all(publishes);
+    if (result.status === GONE && watches.length > 0) this.opts.onEnded?.(watches);
+    return publishes.length;
   }
 }

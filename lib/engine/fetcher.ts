@@ -1,7 +1,7 @@
 import { errors as undiciErrors, Pool } from 'undici';
 import { NEVER_FORWARDED_RESPONSE_HEADERS } from '../protocol/config.js';
 import type { FetchErrorCode, FetchRequest, FetchResult, Validators } from '../protocol/types.js';
-import { resolveApiUrl } from '../protocol/validation.js';
+import { parseTags, resolveApiUrl } from '../protocol/validation.js';
 import { USER_AGENT } from '../protocol/version.js';
 
 /** The seam between dispatching and HTTP: fetch one path with one watch's credentials. */
@@ -17,6 +17,10 @@ export interface UndiciFetcherOptions {
   maxBodyBytes: number;
   timeoutMs: number;
   connections: number;
+  /** lower-case response headers that carry tags (contract 11.3); none: tags off */
+  tagHeaders?: readonly string[];
+  /** tags kept per response. @default 64 */
+  maxTags?: number;
 }
 
 const TEXT_TYPE = /^(text\/|application\/(json|xml|javascript|ecmascript|x-www-form-urlencoded|problem\+json|problem\+xml)\b|[^;]*\+(json|xml)\b)/i;
@@ -117,7 +121,7 @@ export class UndiciFetcher implements Fetcher {
     const res = await this.pool.request({
       method: 'GET',
       path: this.requestPath(req.path),
-      headers: { ...req.headers, ...conditional, 'x-waymark': req.reason, 'user-agent': USER_AGENT },
+      headers: { ...req.headers, ...conditional, 'x-waymark': req.reason, 'user-agent': USER_AGENT, ...(req.traceparent ? { traceparent: req.traceparent } : {}) },
       ...(signal ? { signal } : {}),
     });
     onBody(res.body);
@@ -139,7 +143,7 @@ export class UndiciFetcher implements Fetcher {
     }
     const bytes = await this.readBody(res.body);
     if (!bytes) return this.tooLarge(res.statusCode, headers);
-    const extra = { ...(etag || lastModified ? { validators } : {}), ...(retryAfterMs !== undefined ? { retryAfterMs } : {}) };
+    const extra = { ...(etag || lastModified ? { validators } : {}), ...(retryAfterMs !== undefined ? { retryAfterMs } : {}), ...this.tags(res.headers) };
     const contentType = typeof res.headers['content-type'] === 'string' ? res.headers['content-type'] : undefined;
     return { status: res.statusCode, headers, ...bodyEncoding(contentType, bytes), fetchedAt: Date.now(), ...extra };
   }
@@ -163,6 +167,20 @@ export class UndiciFetcher implements Fetcher {
       body.on('end', () => resolve(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size)));
       body.on('error', reject);
     });
+  }
+
+  /** The response's tags from the tag headers, for every status (contract 11.3). */
+  private tags(headers: Record<string, string | string[] | undefined>): Pick<FetchResult, 'tags' | 'tagsDropped'> {
+    const names = this.opts.tagHeaders;
+    if (!names || names.length === 0) return {};
+    const values: string[] = [];
+    for (const n of names) {
+      const v = headers[n];
+      if (v !== undefined) values.push(...(Array.isArray(v) ? v : [v]));
+    }
+    if (values.length === 0) return { tags: [] };
+    const { tags, dropped } = parseTags(values, this.opts.maxTags ?? 64);
+    return dropped > 0 ? { tags, tagsDropped: dropped } : { tags };
   }
 
   /** The request target under the API base path; memoised because watched paths repeat. */

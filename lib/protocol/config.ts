@@ -1,5 +1,8 @@
 import { ConfigError } from './errors.js';
 
+/** The longest revalidation period (one day): Node timers overflow past 2^31-1 ms. */
+export const MAX_REVALIDATE_MS = 86_400_000;
+
 /** Request headers Waymark sets itself: a client can never supply them (contract section 2). */
 export const RESERVED_REQUEST_HEADERS: readonly string[] = [
   'host', 'x-waymark', 'user-agent', 'content-length', 'transfer-encoding', 'connection',
@@ -83,6 +86,14 @@ export interface WaymarkConfig {
   breakerFailures: number;
   /** how long an open breaker fails fast before one probe request. @default 5000 (WAYMARK_BREAKER_COOLDOWN_MS) */
   breakerCooldownMs: number;
+  /** lower-case response header names whose values are the response's tags; [] turns tags off (WAYMARK_TAG_HEADERS) */
+  tagHeaders: readonly string[];
+  /** tags kept per response, in header order; the rest are dropped and counted. @default 64 (WAYMARK_MAX_TAGS_PER_RESPONSE) */
+  maxTagsPerResponse: number;
+  /** revalidation period of watches that give no `revalidateMs`; 0 is off. @default 0 (WAYMARK_REVALIDATE_MS) */
+  revalidateMs: number;
+  /** the shortest `revalidateMs` a watch may ask for. @default 5000 (WAYMARK_MIN_REVALIDATE_MS) */
+  minRevalidateMs: number;
 }
 
 export const DEFAULTS = {
@@ -115,6 +126,10 @@ export const DEFAULTS = {
   bumpStreamReader: 'default',
   breakerFailures: 5,
   breakerCooldownMs: 5000,
+  tagHeaders: ['waymark-tags', 'surrogate-key', 'cache-tag'],
+  maxTagsPerResponse: 64,
+  revalidateMs: 0,
+  minRevalidateMs: 5000,
 } satisfies Omit<WaymarkConfig, 'apiUrl'>;
 
 const LOG_LEVELS = ['error', 'warn', 'info', 'http', 'verbose', 'debug', 'silly'];
@@ -250,6 +265,12 @@ export function loadConfig(env: Env): WaymarkConfig {
     if (NEVER_FORWARDED_RESPONSE_HEADERS.includes(h)) bad('WAYMARK_RESPONSE_HEADERS', `${h} is never pushed to browsers`);
   }
 
+  const minRevalidateMs = int('WAYMARK_MIN_REVALIDATE_MS', DEFAULTS.minRevalidateMs, 100, MAX_REVALIDATE_MS);
+  const revalidateMs = int('WAYMARK_REVALIDATE_MS', DEFAULTS.revalidateMs, 0, MAX_REVALIDATE_MS);
+  if (revalidateMs !== 0 && revalidateMs < minRevalidateMs) {
+    bad('WAYMARK_REVALIDATE_MS', `must be 0 (off) or at least WAYMARK_MIN_REVALIDATE_MS (${minRevalidateMs}), got ${revalidateMs}`);
+  }
+
   const config: WaymarkConfig = {
     routerUrl,
     realm,
@@ -283,6 +304,10 @@ export function loadConfig(env: Env): WaymarkConfig {
     bumpStreamReader,
     breakerFailures: int('WAYMARK_BREAKER_FAILURES', DEFAULTS.breakerFailures, 0, 1_000_000),
     breakerCooldownMs: int('WAYMARK_BREAKER_COOLDOWN_MS', DEFAULTS.breakerCooldownMs, 1, 600000),
+    tagHeaders: list('WAYMARK_TAG_HEADERS', DEFAULTS.tagHeaders),
+    maxTagsPerResponse: int('WAYMARK_MAX_TAGS_PER_RESPONSE', DEFAULTS.maxTagsPerResponse, 1, 10_000),
+    revalidateMs,
+    minRevalidateMs,
   };
   if (problems.length > 0) {
     throw new ConfigError(problems[0][0], problems.map(([n, m], i) => (i === 0 ? m : `${n}: ${m}`)).join('; '));
