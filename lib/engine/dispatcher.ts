@@ -204,6 +204,10 @@ export class Dispatcher {
     this.noteTags(watch.path, watch.credKey, result);
     if (result.status === GONE) this.opts.onEnded?.([watch]);
     watch.lastSent = { status: result.status, bodyHash: bodyHash(result) };
+    // The group's next refetch (bump or revalidation) can be conditional on what the snapshot got.
+    if (result.status === 200 && result.validators && this.opts.registry.isLive(watch)) {
+      this.groupOf(watch.path, watch.credKey).validators = { ...result.validators, status: 200, bodyHash: watch.lastSent.bodyHash };
+    }
     if (CREDENTIALS_REJECTED.has(result.status)) watch.suspended = true;
     // A failed snapshot is refetched with the failed groups once the API answers again.
     if (isFailure(result)) this.failed.add(this.groupOf(watch.path, watch.credKey).key);
