@@ -6,6 +6,7 @@ import { Redis } from 'ioredis';
 import type { Counter } from 'prom-client';
 import { parseBumpMessage, MAX_PATHS_PER_BUMP } from '../lib/bumps/bump-source.js';
 import { createBumper } from '../lib/bumps/bumper.js';
+import { connectWaymark } from '../lib/client/client.js';
 import { PathIndex } from '../lib/engine/match-index.js';
 import { Revalidator } from '../lib/engine/revalidator.js';
 import { TagIndex } from '../lib/engine/tag-index.js';
@@ -366,6 +367,23 @@ describe('freshness without listing every URL (contract 11)', function () {
     });
   });
 
+  describe('11.5 in waymark/client', function () {
+    it('hands the ended Update to the callback and forgets the watch (no re-watch after a reconnect)', async function () {
+      const client = await connectWaymark({ url: testEnv.routerUrl, realm: testEnv.realm });
+      try {
+        const got: Update[] = [];
+        await client.watch('/soon-gone', { token: 't', revalidateMs: 0 }, (u) => got.push(u));
+        model.status.set('/soon-gone', 410);
+        await wm.bump('/soon-gone');
+        await waitFor('the ended Update', () => got.length === 1);
+        expect(got[0]).to.include({ status: 410, ended: true });
+        expect((client as unknown as { handles: Set<unknown> }).handles.size).to.equal(0);
+      } finally {
+        await client.close();
+      }
+    });
+  });
+
   describe('11.6 trace context from the bump', function () {
     it('sends a valid traceparent on the fetches the bump causes and ignores an invalid one (the bump still counts)', async function () {
       const c = await pool.open();
@@ -520,6 +538,21 @@ describe('freshness indexes (pure)', function () {
     for (const p of paths) idx.remove(p);
     expect(idx.size).to.equal(0);
     expect((idx as unknown as { root: { children: Map<string, unknown> } }).root.children.size).to.equal(0);
+  });
+
+  it('matches a hostile bump (1,000 nested prefixes, 1,000 tags) over 10,000 paths in bounded work, each group once', function () {
+    const registry = new WatchRegistry(100_000);
+    for (let i = 0; i < 10_000; i += 1) registry.upsert(i, `/d${i % 10}/e${i % 100}/f${i}`, {});
+    const cred = registry.byPath('/d0/e0/f0')[0].credKey;
+    for (let i = 0; i < 10_000; i += 1) registry.tags.set(`/d${i % 10}/e${i % 100}/f${i}`, cred, ['all', `t${i % 1000}`]);
+    const prefixes = ['/', ...Array.from({ length: 999 }, (_, i) => `/d${i % 10}/e${i % 100}`)];
+    const tags = ['all', ...Array.from({ length: 999 }, (_, i) => `t${i}`)];
+    const t0 = process.hrtime.bigint();
+    const matched = [...registry.match({ paths: [], prefixes, tags })];
+    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+    expect(matched).to.have.length(10_000);
+    expect(new Set(matched.map(([p]) => p)).size).to.equal(10_000);
+    expect(ms, `${ms.toFixed(1)} ms`).to.be.below(1_000);
   });
 
   it('TagIndex: O(tags) per set, forget clears, a tag reaches only its groups', function () {

@@ -15,6 +15,8 @@ export interface WatchOptions {
   token?: string;
   headers?: Record<string, string>;
   snapshot?: boolean;
+  /** re-ask the API every this many ms even without a bump (0: off; at least the server's minimum, 5000 by default) */
+  revalidateMs?: number;
 }
 
 export type ConnectionState = 'connecting' | 'open' | 'reconnecting' | 'closed';
@@ -183,7 +185,15 @@ export class WaymarkClient {
     if (!h || !h.active || h.path !== update.path) return;
     if (update.fetchedAt < h.newest) return;
     h.newest = update.fetchedAt;
+    // 410 Gone: Waymark removed the watch; it is not re-watched after a reconnect either.
+    if (update.ended) this.forget(h);
     h.callback(withJson(update));
+  }
+
+  private forget(h: Handle): void {
+    h.active = false;
+    this.handles.delete(h);
+    if (h.id && this.byId.get(h.id) === h) this.byId.delete(h.id);
   }
 
   /** `catchUp`: ask for a snapshot this once, for what changed while this client could not hear. */

@@ -70,9 +70,11 @@ export class PathIndex {
    * Contract 11.2: the watched paths under `prefix`. `/projects/7` matches `/projects/7`, its
    * queries and everything below it (`/projects/7/tasks/3?y=2`), not `/projects/70`; a prefix
    * ending in `/` matches the paths that start with it; `/` matches every path. A prefix with
-   * a query matches the paths on that path part whose text starts with it.
+   * a query matches the paths on that path part whose text starts with it. `walked` is shared
+   * by the prefixes of one bump: a subtree walked for one is skipped for the next, so nested
+   * prefixes (`/`, `/a`, `/a/b`...) cost each node once, not once per prefix.
    */
-  *prefix(prefix: string): Generator<string> {
+  *prefix(prefix: string, walked: Set<object> = new Set()): Generator<string> {
     const q = prefix.indexOf('?');
     if (q !== -1) {
       for (const p of this.find(prefix.slice(0, q))?.paths ?? []) if (p.startsWith(prefix)) yield p;
@@ -80,21 +82,23 @@ export class PathIndex {
     }
     if (prefix.endsWith('/')) {
       if (prefix === '/') {
-        yield* this.subtree(this.root);
+        yield* this.subtree(this.root, walked);
         return;
       }
       const node = this.find(prefix.slice(0, -1));
-      if (node) for (const child of node.children.values()) yield* this.subtree(child);
+      if (node) for (const child of node.children.values()) yield* this.subtree(child, walked);
       return;
     }
     const node = this.find(prefix);
-    if (node) yield* this.subtree(node);
+    if (node) yield* this.subtree(node, walked);
   }
 
-  private *subtree(top: Node): Generator<string> {
+  private *subtree(top: Node, walked: Set<object>): Generator<string> {
     const stack = [top];
     while (stack.length > 0) {
       const node = stack.pop()!;
+      if (walked.has(node)) continue;
+      walked.add(node);
       yield* node.paths;
       for (const child of node.children.values()) stack.push(child);
     }
@@ -135,8 +139,9 @@ export function* matchBump<W>(
     if (p.includes('?')) yield* onPath(p);
     else for (const q of [...paths.withAnyQuery(p)]) yield* onPath(q);
   }
+  const walked = new Set<object>();
   for (const prefix of bump.prefixes ?? []) {
-    for (const p of [...paths.prefix(prefix)]) yield* onPath(p);
+    for (const p of [...paths.prefix(prefix, walked)]) yield* onPath(p);
   }
   if (!bump.tags?.length) return;
   const doneGroups = new Set<string>();
