@@ -53,6 +53,13 @@ export interface DevRouterOptions {
   realm?: string;           // default 'realm1'
   backendTickets?: Record<string, string>; // authid -> ticket secret; such sessions get authrole 'backend'
   logger?: { info(msg: string, meta?: object): void; warn(msg: string, meta?: object): void; debug?(msg: string, meta?: object): void };
+  /**
+   * CPU time, in microseconds, the router burns (busy loop) for every EVENT it delivers, to model
+   * a router that costs what Crossbar does: Crossbar 22.6.1 on CPython spends 300-350 us of CPU
+   * per delivered 1.2 KB event (/work/shared/ROUTERS.md), fox-wamp a small fraction of that.
+   * Used by the bench (`--router-cost-us`); default 0.
+   */
+  routeCostUs?: number;
 }
 
 export interface DevRouter {
@@ -346,6 +353,11 @@ class DevContext extends WampSocketWriterContext {
    * autobahn falls back to the subscribed topic anyway).
    */
   sendEvent(cmd: any): void {
+    const cost: number = this.router.routeCostUs ?? 0;
+    if (cost > 0) {
+      const until = performance.now() + cost / 1000;
+      while (performance.now() < until) { /* spend the router's CPU per delivery */ }
+    }
     const details: Record<string, unknown> = { topic: cmd.uri.join('.') };
     this.wampSend(withPayload([WAMP.EVENT, cmd.traceId, cmd.qid, details], wampArgs(cmd.data), cmd.hdr));
   }
@@ -738,7 +750,7 @@ const silentLogger: Logger = { info() {}, warn() {}, debug() {} };
 
 /** The fox-wamp router core, with our realm class (fox's base class would use its BaseEngine). */
 class DevFoxRouter extends FoxCoreRouter {
-  constructor(private readonly log: Logger) {
+  constructor(private readonly log: Logger, readonly routeCostUs = 0) {
     super();
   }
 
@@ -753,7 +765,7 @@ export async function startDevRouter(opts: DevRouterOptions = {}): Promise<DevRo
   const realmName = opts.realm ?? 'realm1';
   const log: Logger = opts.logger ?? silentLogger;
 
-  const router = new DevFoxRouter(log);
+  const router = new DevFoxRouter(log, Math.max(0, opts.routeCostUs ?? 0));
   // initRealm, not getRealm: fox-wamp's realm-name check (/^[a-z0-9_]+$/) is stricter than
   // Crossbar's. Unknown realms are refused at HELLO (Crossbar: wamp.error.no_such_realm).
   await router.initRealm(realmName, router.createRealm());

@@ -32,7 +32,7 @@ Run 'waymark <command> --help' for a command's options.`,
 
 Runs the Waymark component: joins the WAMP router, registers waymark.watch / waymark.unwatch /
 waymark.authorize, consumes bumps from Redis and pushes Updates. Settings come from the
-environment; WAYMARK_API_URL is required. See the README's configuration table.
+environment; WAYMARK_API_URL is required. See docs/operations.md#configuration.
 SIGTERM or SIGINT drains in-flight work (up to WAYMARK_SHUTDOWN_TIMEOUT_MS) and exits 0;
 a second signal exits at once with 1. Exit code 2: a bad setting or a port that cannot be bound.`,
   dev: `Usage: waymark dev [--api-port N]

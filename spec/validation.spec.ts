@@ -63,6 +63,10 @@ describe('watch arguments', function () {
     expect(codeOf(() => parseCredentials({ headers: { cookie: 'c'.repeat(90) } }, small))).to.equal(undefined);
     expect(codeOf(() => parseCredentials({ headers: { cookie: 'c'.repeat(91) } }, small))).to.equal('invalid_argument');
   });
+  it('refuses accept-encoding: Waymark sets it and pushes bodies decoded', function () {
+    const withIt = { ...limits, forwardHeaders: [...limits.forwardHeaders, 'accept-encoding'] };
+    expect(codeOf(() => parseCredentials({ headers: { 'Accept-Encoding': 'zstd' } }, withIt))).to.equal('header_not_allowed');
+  });
   it('rejects a header given twice in two cases', function () {
     expect(codeOf(() => parseCredentials({ headers: { accept: 'a', Accept: 'b' } }, limits))).to.equal('invalid_argument');
   });

@@ -5,7 +5,7 @@ export const MAX_REVALIDATE_MS = 86_400_000;
 
 /** Request headers Waymark sets itself: a client can never supply them (contract section 2). */
 export const RESERVED_REQUEST_HEADERS: readonly string[] = [
-  'host', 'x-waymark', 'user-agent', 'content-length', 'transfer-encoding', 'connection',
+  'host', 'x-waymark', 'user-agent', 'content-length', 'transfer-encoding', 'connection', 'accept-encoding',
 ];
 
 /** Hop-by-hop headers (RFC 9110 7.6.1) and set-cookie never reach a browser. */
