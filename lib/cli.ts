@@ -84,8 +84,9 @@ Options:
   --timeout-ms N  upper bound of each check (default 3000)`,
   'demo-api': `Usage: waymark demo-api [--host H] [--port N] [--router-url URL]
 
-Runs the demo API alone: GET /users/:id answers per bearer token (alice, bob; 401 without),
-PUT /users/:id edits your own profile and bumps it on WAYMARK_REDIS_URL.
+Runs the demo API alone: GET /users/:id answers per bearer token (alice, bob; 401 without)
+with Waymark-Tags: user:<id>, GET /users lists them, PUT /users/:id edits your own profile and
+bumps its tag user:<id> on WAYMARK_REDIS_URL.
 
 Options:
   --host H          address to listen on (default 127.0.0.1)
@@ -276,7 +277,7 @@ async function dev(argv: string[], io: CliIO): Promise<number> {
       try {
         api = await demo.startDemoApi({
           port: apiPort,
-          bump: async (path) => { await bumper.bump(path); },
+          bump: async (target) => { await bumper.bump(target); },
           page: { routerUrl: router.url, realm: preliminary.realm },
         });
       } catch (err) {
@@ -416,7 +417,7 @@ async function demoApi(argv: string[], io: CliIO): Promise<number> {
   const api = await startDemoApi({
     host: (values.host as string | undefined) ?? '127.0.0.1',
     port: Number((values.port as string | undefined) ?? 8000),
-    bump: async (path) => { await bumper.bump(path); },
+    bump: async (target) => { await bumper.bump(target); },
     ...(routerUrl ? { page: { routerUrl, realm: io.env.WAYMARK_REALM || 'realm1' } } : {}),
   });
   const logger = createLogger({ level: 'info', format: 'json', stream: io.stderr });
