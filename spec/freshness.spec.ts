@@ -568,6 +568,20 @@ describe('freshness indexes (pure)', function () {
     expect(idx.groupCount).to.equal(0);
   });
 
+  it('parses combined bump messages: the cap counts paths, prefixes and tags together; bad entries and traceparents are dropped, the bump stays', function () {
+    const tp = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
+    expect(parseBumpMessage(JSON.stringify({ paths: ['/a', '/a'], prefixes: ['/p', '//evil', '/p/../x'], tags: ['t', 'bad tag', 'T'], id: 'c', traceparent: tp }), 2048))
+      .to.deep.equal({ ok: true, id: 'c', paths: ['/a'], prefixes: ['/p'], tags: ['t', 'T'], dropped: 3, traceparent: tp, invalid: 'prefix: path must not contain "//"' });
+    const capped = parseBumpMessage(JSON.stringify({
+      paths: Array.from({ length: 400 }, (_, i) => `/p${i}`), prefixes: Array.from({ length: 400 }, (_, i) => `/x${i}`), tags: Array.from({ length: 400 }, (_, i) => `t${i}`),
+    }), 2048);
+    expect(capped.ok && [capped.paths.length, capped.prefixes.length, capped.tags.length, capped.dropped]).to.deep.equal([400, 400, 200, 200]);
+    const untraced = parseBumpMessage(JSON.stringify({ tags: ['t'], traceparent: 'ff-bad' }), 2048);
+    expect(untraced).to.include({ ok: true }).and.not.have.property('traceparent');
+    expect(parseBumpMessage('{"tags": "t"}', 2048)).to.include({ ok: false });
+    expect(parseBumpMessage('{"prefixes": ["nope"], "tags": [""]}', 2048)).to.include({ ok: false });
+  });
+
   it('parseTags: commas and/or spaces, visible ASCII without comma, the first N kept in order', function () {
     expect(parseTags(['a, b c,,d', ' e\tf'], 64)).to.deep.equal({ tags: ['a', 'b', 'c', 'd', 'e', 'f'], dropped: 0 });
     expect(parseTags(['a b c a'], 2)).to.deep.equal({ tags: ['a', 'b'], dropped: 1 });
