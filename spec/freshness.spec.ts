@@ -537,7 +537,48 @@ describe('freshness indexes (pure)', function () {
     expect([...idx.prefix('/zz')]).to.deep.equal([]);
     for (const p of paths) idx.remove(p);
     expect(idx.size).to.equal(0);
-    expect((idx as unknown as { root: { children: Map<string, unknown> } }).root.children.size).to.equal(0);
+    expect((idx as unknown as { root: { children?: Map<string, unknown> } }).root.children).to.equal(undefined);
+    // a second path on a node and back to one
+    idx.add('/s?x=1');
+    idx.add('/s?x=2');
+    idx.add('/s/t');
+    idx.remove('/s?x=1');
+    expect([...idx.prefix('/s')].sort()).to.deep.equal(['/s/t', '/s?x=2']);
+    idx.remove('/s/t');
+    idx.remove('/s?x=2');
+    expect((idx as unknown as { root: { children?: Map<string, unknown> } }).root.children).to.equal(undefined);
+  });
+
+  it('PathIndex agrees with a brute-force scan over 3,000 random adds and removes', function () {
+    let seed = 7;
+    const rnd = (n: number) => { seed = (seed * 1103515245 + 12345) % 2 ** 31; return seed % n; };
+    const pick = <T>(xs: T[]) => xs[rnd(xs.length)];
+    const randomPath = () => {
+      const segs = Array.from({ length: 1 + rnd(3) }, () => pick(['a', 'b', 'ab', '', '7']));
+      return `/${segs.join('/')}${pick(['', '', '?x=1', '?y'])}`;
+    };
+    const idx = new PathIndex();
+    const held = new Set<string>();
+    const under = (p: string, prefix: string) => {
+      if (prefix.includes('?')) return p.startsWith(prefix);
+      if (prefix.endsWith('/')) return p.startsWith(prefix);
+      const pathname = p.split('?')[0];
+      return pathname === prefix || pathname.startsWith(`${prefix}/`);
+    };
+    for (let step = 0; step < 3000; step += 1) {
+      const p = randomPath();
+      if (rnd(3) === 0) { idx.remove(p); held.delete(p); } else { idx.add(p); held.add(p); }
+      expect(idx.size).to.equal(held.size);
+      const q = randomPath();
+      const pathname = q.split('?')[0];
+      expect([...idx.withAnyQuery(pathname)].sort(), `queries of ${pathname}`).to.deep.equal([...held].filter((h) => h.split('?')[0] === pathname).sort());
+      for (const prefix of [pathname, q, pathname.endsWith('/') ? pathname : `${pathname}/`]) {
+        expect([...new Set(idx.prefix(prefix))].sort(), `prefix ${prefix}`).to.deep.equal([...held].filter((h) => under(h, prefix)).sort());
+      }
+    }
+    for (const p of held) idx.remove(p);
+    expect(idx.size).to.equal(0);
+    expect((idx as unknown as { root: { children?: Map<string, unknown> } }).root.children).to.equal(undefined);
   });
 
   it('matches a hostile bump (1,000 nested prefixes, 1,000 tags) over 10,000 paths in bounded work, each group once', function () {

@@ -1,17 +1,17 @@
 import type { Bump } from '../protocol/types.js';
 import type { TagIndex } from './tag-index.js';
 
-/** One node per path segment; `paths` are the watched paths (with or without a query) whose path part ends here. */
+/**
+ * One node per path segment. Lean on purpose (bench e: a watch on its own path must stay well
+ * under 1 KiB of heap): no parent link or segment copy, no Map or Set until a second entry needs
+ * one, and a leaf holding a single path is that path string itself in its parent's map.
+ * `paths` are the watched paths (with or without a query) whose path part ends here.
+ */
 interface Node {
-  readonly segment: string;
-  readonly parent: Node | undefined;
-  readonly children: Map<string, Node>;
-  readonly paths: Set<string>;
+  children?: Map<string, Child>;
+  paths?: string | Set<string>;
 }
-
-function newNode(segment: string, parent: Node | undefined): Node {
-  return { segment, parent, children: new Map(), paths: new Set() };
-}
+type Child = Node | string;
 
 /** `/a/b?x` -> ['a', 'b']; `/` -> ['']; `/a/` -> ['a', '']. */
 function segmentsOf(pathname: string): string[] {
@@ -23,15 +23,29 @@ function pathnameOf(path: string): string {
   return q === -1 ? path : path.slice(0, q);
 }
 
+function* pathsAt(c: Child): Generator<string> {
+  if (typeof c === 'string') yield c;
+  else if (typeof c.paths === 'string') yield c.paths;
+  else if (c.paths) yield* c.paths;
+}
+
+/** A node with no children and one path is stored as that path; none at all as nothing. */
+function compact(n: Node): Child | undefined {
+  if (n.children?.size) return n;
+  if (n.paths === undefined) return undefined;
+  return typeof n.paths === 'string' ? n.paths : n;
+}
+
 /**
  * The watched paths as a segment trie, for the bumps of contract 11.1 and 11.2 that name more
- * than one path: every query of a path (one node's set) and every path under a prefix (one
+ * than one path: every query of a path (one node's paths) and every path under a prefix (one
  * node's subtree). A lookup costs the prefix's segments plus what it matches, never a scan of
  * all watched paths. Nodes are pruned when their last path goes, so memory follows what is
- * watched. Matching is on the path as the watch gave it (no decoding, case-sensitive).
+ * watched (about 30-60 bytes per distinct path). Matching is on the path as the watch gave it
+ * (no decoding, case-sensitive).
  */
 export class PathIndex {
-  private readonly root = newNode('', undefined);
+  private readonly root: Node = {};
   private count = 0;
 
   get size(): number {
@@ -39,31 +53,76 @@ export class PathIndex {
   }
 
   add(path: string): void {
+    const segs = segmentsOf(pathnameOf(path));
     let node = this.root;
-    for (const seg of segmentsOf(pathnameOf(path))) {
-      let next = node.children.get(seg);
-      if (!next) node.children.set(seg, (next = newNode(seg, node)));
+    for (let i = 0; i < segs.length; i++) {
+      node.children ??= new Map();
+      const c = node.children.get(segs[i]);
+      if (i === segs.length - 1) {
+        if (c === undefined) node.children.set(segs[i], path);
+        else if (typeof c === 'string') {
+          if (c === path) return;
+          node.children.set(segs[i], { paths: new Set([c, path]) });
+        } else if (c.paths === undefined) c.paths = path;
+        else if (typeof c.paths === 'string') {
+          if (c.paths === path) return;
+          c.paths = new Set([c.paths, path]);
+        } else {
+          if (c.paths.has(path)) return;
+          c.paths.add(path);
+        }
+        this.count += 1;
+        return;
+      }
+      let next: Node;
+      if (c === undefined || typeof c === 'string') node.children.set(segs[i], (next = c === undefined ? {} : { paths: c }));
+      else next = c;
       node = next;
-    }
-    if (!node.paths.has(path)) {
-      node.paths.add(path);
-      this.count += 1;
     }
   }
 
   remove(path: string): void {
-    let node = this.find(pathnameOf(path));
-    if (!node || !node.paths.delete(path)) return;
-    this.count -= 1;
-    while (node.parent && node.paths.size === 0 && node.children.size === 0) {
-      node.parent.children.delete(node.segment);
-      node = node.parent;
+    const segs = segmentsOf(pathnameOf(path));
+    const chain: Node[] = [this.root];
+    for (let i = 0; i < segs.length - 1; i++) {
+      const c = chain[chain.length - 1].children?.get(segs[i]);
+      if (c === undefined || typeof c === 'string') return;
+      chain.push(c);
     }
+    const parent = chain[chain.length - 1];
+    const last = segs[segs.length - 1];
+    const c = parent.children?.get(last);
+    if (c === undefined) return;
+    if (typeof c === 'string') {
+      if (c !== path) return;
+      parent.children!.delete(last);
+    } else {
+      if (c.paths === path) c.paths = undefined;
+      else if (typeof c.paths === 'object' && c.paths.delete(path)) {
+        if (c.paths.size === 1) c.paths = c.paths.values().next().value;
+      } else return;
+      const kept = compact(c);
+      if (kept === undefined) parent.children!.delete(last);
+      else if (kept !== c) parent.children!.set(last, kept);
+    }
+    this.count -= 1;
+    // Prune (or fold into a leaf string) the nodes this left empty, bottom up.
+    for (let i = chain.length - 1; i > 0; i--) {
+      const n = chain[i];
+      if (n.children?.size === 0) n.children = undefined;
+      const kept = compact(n);
+      if (kept === n) break;
+      const up = chain[i - 1].children!;
+      if (kept === undefined) up.delete(segs[i - 1]);
+      else up.set(segs[i - 1], kept);
+    }
+    if (this.root.children?.size === 0) this.root.children = undefined;
   }
 
   /** Contract 11.1: the watched paths whose path part is `pathname`, with any query or none. */
   withAnyQuery(pathname: string): Iterable<string> {
-    return this.find(pathname)?.paths ?? [];
+    const c = this.find(pathname);
+    return c === undefined ? [] : pathsAt(c);
   }
 
   /**
@@ -77,7 +136,8 @@ export class PathIndex {
   *prefix(prefix: string, walked: Set<object> = new Set()): Generator<string> {
     const q = prefix.indexOf('?');
     if (q !== -1) {
-      for (const p of this.find(prefix.slice(0, q))?.paths ?? []) if (p.startsWith(prefix)) yield p;
+      const c = this.find(prefix.slice(0, q));
+      if (c !== undefined) for (const p of pathsAt(c)) if (p.startsWith(prefix)) yield p;
       return;
     }
     if (prefix.endsWith('/')) {
@@ -85,32 +145,37 @@ export class PathIndex {
         yield* this.subtree(this.root, walked);
         return;
       }
-      const node = this.find(prefix.slice(0, -1));
-      if (node) for (const child of node.children.values()) yield* this.subtree(child, walked);
+      const c = this.find(prefix.slice(0, -1));
+      if (c !== undefined && typeof c !== 'string' && c.children) for (const child of c.children.values()) yield* this.subtree(child, walked);
       return;
     }
-    const node = this.find(prefix);
-    if (node) yield* this.subtree(node, walked);
+    const c = this.find(prefix);
+    if (c !== undefined) yield* this.subtree(c, walked);
   }
 
-  private *subtree(top: Node, walked: Set<object>): Generator<string> {
+  private *subtree(top: Child, walked: Set<object>): Generator<string> {
     const stack = [top];
     while (stack.length > 0) {
-      const node = stack.pop()!;
-      if (walked.has(node)) continue;
-      walked.add(node);
-      yield* node.paths;
-      for (const child of node.children.values()) stack.push(child);
+      const c = stack.pop()!;
+      if (typeof c === 'string') {
+        yield c;
+        continue;
+      }
+      if (walked.has(c)) continue;
+      walked.add(c);
+      yield* pathsAt(c);
+      if (c.children) for (const child of c.children.values()) stack.push(child);
     }
   }
 
-  private find(pathname: string): Node | undefined {
-    let node: Node | undefined = this.root;
+  private find(pathname: string): Child | undefined {
+    let c: Child | undefined = this.root;
     for (const seg of segmentsOf(pathname)) {
-      node = node.children.get(seg);
-      if (!node) return undefined;
+      if (typeof c === 'string') return undefined;
+      c = c.children?.get(seg);
+      if (c === undefined) return undefined;
     }
-    return node;
+    return c;
   }
 }
 

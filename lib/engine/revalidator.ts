@@ -4,7 +4,7 @@ import { tagGroupKey } from './tag-index.js';
 export interface RevalidatingWatch {
   readonly path: string;
   readonly credKey: string;
-  readonly revalidateMs: number;
+  readonly revalidateMs?: number;
 }
 
 export interface RevalidatorOptions {
@@ -64,16 +64,17 @@ export class Revalidator {
   }
 
   joined(w: RevalidatingWatch): void {
-    if (!(w.revalidateMs > 0) || this.stopped) return;
+    const ms = w.revalidateMs ?? 0;
+    if (!(ms > 0) || this.stopped) return;
     const key = tagGroupKey(w.path, w.credKey);
     let e = this.entries.get(key);
     if (!e) {
       e = { key, path: w.path, credKey: w.credKey, periods: new Map(), period: Infinity, due: Infinity, at: -1 };
       this.entries.set(key, e);
     }
-    e.periods.set(w.revalidateMs, (e.periods.get(w.revalidateMs) ?? 0) + 1);
-    if (w.revalidateMs < e.period) {
-      e.period = w.revalidateMs;
+    e.periods.set(ms, (e.periods.get(ms) ?? 0) + 1);
+    if (ms < e.period) {
+      e.period = ms;
       // A shorter period takes effect now; the first turn of a new group is jittered too.
       const due = Date.now() + this.jittered(e.period);
       if (e.at === -1) this.push(e, due);
@@ -83,16 +84,17 @@ export class Revalidator {
   }
 
   left(w: RevalidatingWatch): void {
-    if (!(w.revalidateMs > 0)) return;
+    const ms = w.revalidateMs ?? 0;
+    if (!(ms > 0)) return;
     const key = tagGroupKey(w.path, w.credKey);
     const e = this.entries.get(key);
-    const n = e?.periods.get(w.revalidateMs);
+    const n = e?.periods.get(ms);
     if (!e || n === undefined) return;
     if (n > 1) {
-      e.periods.set(w.revalidateMs, n - 1);
+      e.periods.set(ms, n - 1);
       return;
     }
-    e.periods.delete(w.revalidateMs);
+    e.periods.delete(ms);
     if (e.periods.size === 0) {
       this.entries.delete(key);
       this.removeAt(e.at);
