@@ -428,7 +428,7 @@ describe('freshness without listing every URL (contract 11)', function () {
         const env = cleanEnv({ WAYMARK_REDIS_URL: testEnv.redisUrl, WAYMARK_BUMP_CHANNEL: channel });
         const p = cli.run(['bump', '/a', '--prefix', '/projects/7', '--tag', 'user:1', '--tag', 'org:7', '--id', 'cli-1'], env);
         expect(await p.exited).to.equal(0);
-        expect(p.stderr).to.include('1 path(s), 1 prefix(es), 2 tag(s)');
+        expect(p.stderr).to.include('1 path, 1 prefix, 2 tags');
         const tagsOnly = cli.run(['bump', '--tag', 'user:2'], env);
         expect(await tagsOnly.exited).to.equal(0);
         await waitFor('two messages', () => got.length === 2);

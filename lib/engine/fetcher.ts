@@ -87,7 +87,10 @@ function classify(err: unknown, timedOut: boolean): FetchResult {
   }
   // Only the error code or name: messages can quote the request, and it carries credentials.
   if (isUnparsable(err)) return errorResult('invalid_response', `the API's answer is not a readable HTTP response (${e.code ?? e.name})`);
-  return errorResult('unreachable', `the API could not be reached (${e.code ?? e.name ?? 'error'})`);
+  const result = errorResult('unreachable', `the API could not be reached (${e.code ?? e.name ?? 'error'})`);
+  // Refused before sending (an invalid header value or key): nothing reached the API.
+  if (e.code === 'UND_ERR_INVALID_ARG') result.notSent = true;
+  return result;
 }
 
 /** Set on a socket error when the socket had read bytes before: it carried an earlier response. */
@@ -215,7 +218,10 @@ export class UndiciFetcher implements Fetcher {
     const raw = res.headers;
     const etag = last(raw.etag);
     const lastModified = last(raw['last-modified']);
-    const retryAfterMs = parseRetryAfter(last(raw['retry-after']));
+    const date = last(raw.date);
+    // An HTTP-date Retry-After is read against the API's own Date: immune to clock skew.
+    const dateMs = date === undefined ? Number.NaN : Date.parse(date);
+    const retryAfterMs = parseRetryAfter(last(raw['retry-after']), Number.isNaN(dateMs) ? Date.now() : dateMs);
     const contentType = raw['content-type'];
     const mime = contentType === undefined ? undefined : mimeInfo(contentType);
     const headers: Record<string, string> = {};
@@ -268,6 +274,8 @@ export class UndiciFetcher implements Fetcher {
       const validators: Validators = {};
       if (etag) validators.etag = etag;
       if (lastModified) validators.lastModified = lastModified;
+      // tells the dispatcher whether Last-Modified is strong enough to revalidate with
+      if (date) validators.date = date;
       result.validators = validators;
     }
     if (retryAfterMs !== undefined) result.retryAfterMs = retryAfterMs;

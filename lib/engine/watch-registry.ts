@@ -69,8 +69,14 @@ export class WatchRegistry {
   /** tags of each group's latest response (contract 11.3); groups leave with their last watch */
   readonly tags = new TagIndex();
   private readonly observers: GroupObserver[] = [];
+  private readonly groupGoneListeners: Array<(path: string, credKey: string) => void> = [];
 
   constructor(private readonly maxPerSession: number) {}
+
+  /** Call `fn` whenever the last watch of a (path, credentials) group goes (unwatch, leave, new credentials). */
+  onGroupGone(fn: (path: string, credKey: string) => void): void {
+    this.groupGoneListeners.push(fn);
+  }
 
   observe(observer: GroupObserver): void {
     this.observers.push(observer);
@@ -103,10 +109,10 @@ export class WatchRegistry {
     const existing = this.byId.get(id);
     if (existing) {
       if ((existing.revalidateMs ?? 0) !== revalidateMs) {
-        // Out and back in, so the group's observers see the new period.
-        this.removeFromGroup(this.entryFor(existing.path), existing);
+        // The group stays; its observers see the watch leave with the old period and join with the new.
+        for (const o of this.observers) o.left(existing);
         (existing as { revalidateMs?: number }).revalidateMs = revalidateMs;
-        this.addToGroup(this.entryFor(existing.path), existing);
+        for (const o of this.observers) o.joined(existing);
       }
       const credentialsChanged = existing.credKey !== credentialsKey(headers);
       const resumed = credentialsChanged && this.replaceCredentials(existing, headers);
@@ -246,6 +252,7 @@ export class WatchRegistry {
     if (set.size === 0) {
       entry.byCred.delete(w.credKey);
       this.tags.forget(entry.path, w.credKey);
+      for (const fn of this.groupGoneListeners) fn(entry.path, w.credKey);
     }
     if (entry.byCred.size === 0) {
       this.byPathIndex.delete(entry.path);

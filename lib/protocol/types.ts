@@ -34,6 +34,11 @@ export interface FetchRequest {
 export interface Validators {
   etag?: string;
   lastModified?: string;
+  /**
+   * the response's `Date`, which tells whether `lastModified` is strong enough to revalidate
+   * with (RFC 9110 8.8.2.2); ignored in a request
+   */
+  date?: string;
 }
 
 /**
@@ -58,6 +63,11 @@ export interface FetchResult {
   tags?: string[];
   /** internal: tags over the per-response cap or malformed, dropped */
   tagsDropped?: number;
+  /**
+   * internal: the request failed before anything was sent (a local error such as a header value
+   * undici refuses); it says nothing about the API, so the breaker ignores it and it is not retried
+   */
+  notSent?: boolean;
 }
 
 /** What a client receives on `waymark.session.<id>` (contract section 3). */
