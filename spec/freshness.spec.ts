@@ -319,6 +319,24 @@ describe('freshness without listing every URL (contract 11)', function () {
       expect(revalidations().length).to.be.at.most(k + 1);
     });
 
+    it('publishes nothing unchanged even with WAYMARK_PUSH_UNCHANGED=true, with validators (304) or without (same body)', async function () {
+      const h = await use({ ...FAST, WAYMARK_PUSH_UNCHANGED: 'true' });
+      const plain = model.handler;
+      // /plain answers without validators: every revalidation is a full GET
+      api.handler = (req, res) => {
+        if (req.url !== '/plain') return plain(req, res);
+        res.writeHead(200, { 'content-type': 'application/json' }).end('{"plain":true}');
+      };
+      const c = await pool.open();
+      await c.call(PROC_WATCH, ['/etag', { token: 'a', snapshot: true, revalidateMs: 150 }]);
+      await c.call(PROC_WATCH, ['/plain', { token: 'a', snapshot: true, revalidateMs: 150 }]);
+      await waitFor('revalidations of both', () => ['/etag', '/plain'].every((p) => revalidations().filter((r) => r.path === p).length >= 3), 3_000);
+      expect(c.updates).to.have.length(0);
+      expect(revalidations().filter((r) => r.path === '/plain').every((r) => r.headers['if-none-match'] === undefined)).to.equal(true);
+      expect(await valueOf(h.waymark.metrics.revalidations, { result: 'unchanged' })).to.be.at.least(2);
+      expect(await valueOf(h.waymark.metrics.revalidations, { result: 'not_modified' })).to.be.at.least(1);
+    });
+
     it('refuses a revalidateMs below WAYMARK_MIN_REVALIDATE_MS or not a whole number; WAYMARK_REVALIDATE_MS is the default', async function () {
       const c = await pool.open();
       for (const bad of [1, 4999, -5, 5000.5, '6000', true, 86_400_001]) {
