@@ -480,6 +480,8 @@ export class WaymarkClient {
     if (h.id && h.id !== result.watch && this.byId.get(h.id) === h) this.byId.delete(h.id);
     h.id = result.watch;
     h.on = s;
+    // Updates carry the path in Waymark's RFC 3986 normal form (`%c3%a9` -> `%C3%A9`, `%7E` -> `~`)
+    if (typeof result.path === 'string') h.path = result.path;
     this.byId.set(result.watch, h);
     if (catchUp) h.catchUp = false;
     for (const u of early) this.deliver(h, u);

@@ -23,7 +23,7 @@ import {
   ANNOUNCE_TOPIC, META_ON_LEAVE, META_SESSION_LIST, PROC_AUTHORIZE, PROC_REFRESH, PROC_UNWATCH, PROC_WATCH, sessionTopic,
   WAMP_SUBPROTOCOLS,
 } from '../protocol/uris.js';
-import { callerOf, parseCredentials, parseWatchArgs, resolveApiUrl } from '../protocol/validation.js';
+import { callerOf, parseCredentials, parseWatchArgs, resolveApiUrl, validatePath } from '../protocol/validation.js';
 import { watchId, WatchRegistry } from '../engine/watch-registry.js';
 import { Instances } from '../cluster/instances.js';
 import { RedisWatchIndex, type WatchIndex } from '../cluster/watch-index.js';
@@ -76,6 +76,11 @@ export class Waymark {
   private cancelJoin?: () => void;
   /** called when the router connection closes, for stop() to wait for its GOODBYE */
   private whenClosed?: () => void;
+  /**
+   * Sessions with a client call in flight, and whether they left meanwhile: a call's effect that
+   * lands after an await (the shared index, Redis) must not outlive a leave handled during it.
+   */
+  private readonly inFlight = new Map<number, { calls: number; left: boolean }>();
 
   constructor(readonly config: WaymarkConfig, opts: WaymarkOptions = {}) {
     this.logger = opts.logger ?? silentLogger();
@@ -365,17 +370,31 @@ export class Waymark {
 
   /** Every client procedure: identify the caller, apply its rate limit, map errors to their URI. */
   private async rpc<T>(details: unknown, fn: (caller: number) => Promise<T> | T): Promise<T> {
+    let caller: number | undefined;
     try {
-      const caller = callerOf(details);
-      if (!(await this.instances.allowCall(caller, () => this.rateLimiter.take(caller)))) {
+      caller = callerOf(details);
+      // counted before the first await: the router sends a session's calls before its leave
+      const call = this.inFlight.get(caller) ?? { calls: 0, left: false };
+      call.calls += 1;
+      this.inFlight.set(caller, call);
+      if (!(await this.instances.allowCall(caller, () => this.rateLimiter.take(caller!)))) {
         throw new WaymarkError('rate_limited', `more than ${this.config.rateLimit} calls per second (burst ${this.config.rateBurst}); slow down`);
       }
+      this.stillThere(caller); // the shared rate bucket is an await too
       return await fn(caller);
     } catch (err) {
       if (err instanceof WaymarkError) throw new autobahn.Error(err.uri, [err.message]);
       this.logger.error('procedure failed', { error: errorText(err) });
       throw err;
+    } finally {
+      const call = caller === undefined ? undefined : this.inFlight.get(caller);
+      if (call && --call.calls === 0) this.inFlight.delete(caller!);
     }
+  }
+
+  /** After an await in a call: throws when the caller left meanwhile (its leave was handled). */
+  private stillThere(session: number): void {
+    if (this.inFlight.get(session)?.left) throw new WaymarkError('no_caller', 'the caller left while the call was in flight');
   }
 
   private async watch(session: number, args: unknown[] | undefined, kwargs: unknown): Promise<WatchResult> {
@@ -387,6 +406,7 @@ export class Waymark {
     let accepted = false;
     let upserted: ReturnType<WatchRegistry['upsert']>;
     try {
+      this.stillThere(session);
       upserted = this.registry.upsert(session, path, headers);
       accepted = true;
     } finally {
@@ -437,8 +457,13 @@ export class Waymark {
     if (typeof target !== 'string' || target.length === 0) {
       throw new WaymarkError('invalid_argument', 'unwatch needs a watch id or a path');
     }
-    const local = this.registry.remove(session, target);
-    const id = target.startsWith('/') ? watchId(session, target) : target;
+    let key = target;
+    if (target.startsWith('/')) {
+      // the watch key of that path (RFC 3986 6.2.2 normal form); no watch has an invalid path
+      try { key = validatePath(target, this.config.maxPathBytes); } catch { /* removes nothing */ }
+    }
+    const local = this.registry.remove(session, key);
+    const id = key.startsWith('/') ? watchId(session, key) : key;
     // The watch may live on another instance: the shared index knows whether it existed.
     const removed = await this.instances.unwatch(session, id, local);
     this.logger.info('unwatch', { session, watch: id, removed });
@@ -453,6 +478,8 @@ export class Waymark {
 
   /** Everything held for a session that is gone; returns how many of its watches were dropped. */
   private forgetSession(id: number): number {
+    const call = this.inFlight.get(id);
+    if (call) call.left = true;
     const dropped = this.registry.dropSession(id);
     this.rateLimiter.forget(id);
     void this.instances.sessionLeft(id);
@@ -516,12 +543,12 @@ export class Waymark {
         // Queued fetches start only while they can still finish (fetch timeout plus a moment
         // for the publish) before the deadline, so every fetch started is also delivered.
         const { shutdownTimeoutMs, fetchTimeoutMs } = this.config;
-        const started = Date.now();
+        const started = performance.now();
         let left = await this.dispatcher.drain(Math.max(0, shutdownTimeoutMs - fetchTimeoutMs - PUBLISH_ALLOWANCE_MS));
         if (left > 0) {
           const dropped = this.dispatcher.stopStarting();
           if (dropped > 0) this.logger.warn('shutdown: queued refetches dropped, too late to finish before the deadline', { dropped });
-          left = await this.dispatcher.drain(Math.max(0, shutdownTimeoutMs - (Date.now() - started)));
+          left = await this.dispatcher.drain(Math.max(0, shutdownTimeoutMs - (performance.now() - started)));
         }
         if (left > 0) this.logger.warn('shutdown deadline passed with work in flight', { left });
         else this.logger.info('drained: every fetch and publish finished');
