@@ -55,13 +55,13 @@ describe('waymark/client ordering without wall clocks', function () {
     };
   }
 
-  it('a backward step of Waymark\'s wall clock (5 s, 1 min, 1 h) does not silence a watch', async function () {
+  it('steps of Waymark\'s wall clock (1 h ahead, then set right; 5 s, 1 min, 1 h back) do not silence a watch', async function () {
     client = await connectWaymark({ url: testEnv.routerUrl, realm: testEnv.realm });
     const got: ClientUpdate[] = [];
     await client.watch('/clock', { token: 't', snapshot: true }, (u) => got.push(u));
     expect(got).to.have.length(1);
     const realNow = Date.now;
-    for (const stepMs of [5_000, 60_000, 3_600_000]) {
+    for (const stepMs of [-3_600_000, 0, 5_000, 60_000, 3_600_000]) {
       upstreamVersion.value += 1;
       const n = got.length;
       // The in-process component's clock steps back (NTP, a resumed VM): its fetcher stamps
@@ -77,8 +77,9 @@ describe('waymark/client ordering without wall clocks', function () {
       expect(got, `the Update after a ${stepMs} ms step`).to.have.length(n + 1);
       expect(versionOf(got[n])).to.equal(upstreamVersion.value);
     }
-    // each stamped before the one received before it: the steps were in effect
-    for (let i = 1; i < got.length; i += 1) expect(got[i].fetchedAt).to.be.below(got[i - 1].fetchedAt);
+    // the steps were in effect: an hour ahead, then each stamped before the one received before it
+    expect(got[1].fetchedAt - got[0].fetchedAt).to.be.above(3_500_000);
+    for (let i = 2; i < got.length; i += 1) expect(got[i].fetchedAt).to.be.below(got[i - 1].fetchedAt);
     upstreamVersion.value += 1;
     await wm.bump('/clock');
     await waitFor('the Update once the clock is right again', () => versionOf(got.at(-1)!) === upstreamVersion.value);
