@@ -126,17 +126,19 @@ describe('waymark/client ordering without wall clocks', function () {
     // Waymark has registered the watch and is fetching the snapshot: a bump's Update comes first
     const id = watchId(sid, '/race');
     await waitFor('the snapshot fetch in flight', () => wm.waymark.registry.get(id) && api.requestsFor('/race').length === 1);
-    await publish(await instance(), sid, updateFor(id, '/race', 'pushed', Date.now() - 5_000));
+    // 20 bumps meanwhile: the latest 16 are kept for the watch, the last one always
+    const pub = await instance();
+    for (let i = 1; i <= 20; i += 1) await publish(pub, sid, updateFor(id, '/race', `pushed-${i}`, Date.now() - 5_000));
     await sleep(50);
     release();
     const w = await watching;
     expect(w.id).to.equal(id);
-    expect(got.map(versionOf)).to.deep.equal(['pushed']);
+    expect(got.map(versionOf)).to.deep.equal(Array.from({ length: 16 }, (_, i) => `pushed-${i + 5}`));
     // later Updates follow as usual
     upstreamVersion.value = 2;
     await wm.bump('/race');
-    await waitFor('the next Update', () => got.length === 2);
-    expect(versionOf(got[1])).to.equal(2);
+    await waitFor('the next Update', () => got.length === 17);
+    expect(versionOf(got[16])).to.equal(2);
   });
 
   it('a catch-up snapshot after a reconnect never overrides an Update received while it was fetched', async function () {

@@ -116,10 +116,13 @@ const REQUEST_ERRORS: readonly string[] = [
 ];
 
 /**
- * Most Updates kept for watch ids not known yet (a `waymark.watch` call in flight): a watch's
- * Updates can come before the call's result that tells its id.
+ * Updates kept for watch ids not known yet (a `waymark.watch` call in flight: a watch's Updates
+ * can come before the call's result that tells its id): at most this many ids (above Waymark's
+ * default of 100 watches per session; the oldest id goes first) and, per id, the latest this
+ * many Updates. The latest is always kept, so a snapshot never overrides a newer Update.
  */
-const MAX_UNCLAIMED = 64;
+const MAX_UNCLAIMED_WATCHES = 256;
+const MAX_UNCLAIMED_PER_WATCH = 16;
 
 /** Back-off of a refused step: 0.3 s growing by 1.5 per failure up to maxRetryDelay, then 50-100% of it at random. */
 const RETRY_INITIAL_MS = 300;
@@ -171,8 +174,8 @@ export class WaymarkClient {
   private readonly listeners = new Map<string, Set<Listener<never>>>();
   /** `waymark.watch` calls in flight on the current session */
   private calling = 0;
-  /** Updates received for watch ids no handle knows yet, while a call is in flight; oldest first */
-  private unclaimed: Update[] = [];
+  /** Updates received for watch ids no handle knows yet, while a call is in flight; by id, oldest first */
+  private unclaimed = new Map<string, Update[]>();
   private session?: autobahn.Session;
   private join?: Join;
   private opened?: Promise<void>;
@@ -262,7 +265,7 @@ export class WaymarkClient {
     this.session = undefined;
     this.byId.clear();
     this.calling = 0;
-    this.unclaimed = [];
+    this.unclaimed.clear();
     for (const h of this.handles) {
       h.on = undefined;
       // Updates published from now on go to a topic nobody hears: catch up on the next session.
@@ -442,8 +445,13 @@ export class WaymarkClient {
       // The result telling this id may still be on its way (Waymark registers a watch before it
       // fetches the snapshot, and a bump meanwhile publishes to it): kept until that result.
       if (this.calling > 0) {
-        this.unclaimed.push(update);
-        if (this.unclaimed.length > MAX_UNCLAIMED) this.unclaimed.shift();
+        let kept = this.unclaimed.get(update.watch);
+        if (!kept) {
+          if (this.unclaimed.size >= MAX_UNCLAIMED_WATCHES) this.unclaimed.delete(this.unclaimed.keys().next().value as string);
+          this.unclaimed.set(update.watch, (kept = []));
+        }
+        kept.push(update);
+        if (kept.length > MAX_UNCLAIMED_PER_WATCH) kept.shift();
       }
       return;
     }
@@ -470,7 +478,7 @@ export class WaymarkClient {
     } catch (err) {
       h.stale = true;
       if (this.session === s) this.calling -= 1;
-      if (this.calling === 0) this.unclaimed = [];
+      if (this.calling === 0) this.unclaimed.clear();
       throw err;
     }
     if (this.session !== s) return;
@@ -494,9 +502,9 @@ export class WaymarkClient {
 
   /** Take the Updates kept for `id` (received before the result naming it), in the order received. */
   private claim(id: string): Update[] {
-    const mine = this.unclaimed.filter((u) => u.watch === id);
-    if (mine.length > 0) this.unclaimed = this.unclaimed.filter((u) => u.watch !== id);
-    if (this.calling === 0) this.unclaimed = [];
+    const mine = this.unclaimed.get(id) ?? [];
+    this.unclaimed.delete(id);
+    if (this.calling === 0) this.unclaimed.clear();
     return mine;
   }
 
