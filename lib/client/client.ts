@@ -430,11 +430,12 @@ export class WaymarkClient {
    *   change bumped;
    * - a watch moves when its old owner left (a `resync` is announced only after the router saw it
    *   leave, so nothing it published can come after the new owner's Updates) or when a re-watch
-   *   reached another instance: the new owner publishes its claim before its first Update
-   *   (an adoption refetch, which is a fetch slower than the claim's hop), and the old owner drops
-   *   the watch when the claim reaches it. Only an old owner's publish sent in that hop can come
-   *   late; it is no older than the adoption, and the next bump of that path corrects it.
-   *   (`fetchedAt` never guarded that case either: it is taken when a fetch ends, not starts.)
+   *   reached another instance: the new owner publishes its claim before its first Update (its
+   *   catch-up refetch), and the old owner drops the watch when the claim reaches it. An old
+   *   owner's Update could come after the new owner's only if it was published before the claim
+   *   reached the old owner yet after the new owner's whole refetch, i.e. a fetch faster than one
+   *   router hop. (`fetchedAt` never guarded that case either: it is taken when a fetch ends,
+   *   not when it starts, and on another clock.)
    * The one race left is a call result's snapshot against the Updates received while the call
    * was in flight: see establish.
    */
