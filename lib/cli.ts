@@ -1,10 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import autobahn from 'autobahn';
-import { Redis } from 'ioredis';
 import { bumperOptions, createBumper } from './bumps/bumper.js';
 import { createWaymark } from './wamp/component.js';
-import { loadBumpTarget, loadConfig, type WaymarkConfig } from './protocol/config.js';
+import { loadBumpTarget, loadConfig, type RedisTarget, type WaymarkConfig } from './protocol/config.js';
+import { createRedis } from './support/redis.js';
 import { ConfigError } from './protocol/errors.js';
 import { createLogger, redactUrl, type Logger } from './support/logger.js';
 import { sessionTopic, PROC_WATCH, WAMP_SUBPROTOCOLS } from './protocol/uris.js';
@@ -56,7 +56,8 @@ Options:
   bump: `Usage: waymark bump <path>... [--id ID]
 
 Publishes one bump for the given paths on WAYMARK_BUMP_CHANNEL (default waymark:bumps) of
-WAYMARK_REDIS_URL. The same as: redis-cli PUBLISH waymark:bumps /users/1
+WAYMARK_REDIS_URL (or WAYMARK_REDIS_CLUSTER_NODES, or WAYMARK_REDIS_SENTINELS with
+WAYMARK_REDIS_SENTINEL_NAME). The same as: redis-cli PUBLISH waymark:bumps /users/1
 With WAYMARK_BUMP_STREAM set (stream mode), adds it to that stream instead:
 redis-cli XADD <stream> MAXLEN ~ 100000 '*' bump /users/1 (WAYMARK_BUMP_STREAM_MAXLEN)
 
@@ -68,7 +69,8 @@ Checks, with the same WAYMARK_* settings 'waymark serve' reads, one line each:
   router          WAYMARK_ROUTER_URL accepts a WAMP WebSocket
   realm           WAYMARK_REALM can be joined
   authentication  the component's WAYMARK_ROUTER_AUTHID / WAYMARK_ROUTER_TICKET (or anonymous)
-  redis           PING, and a probe bump on WAYMARK_BUMP_CHANNEL comes back (it matches no watch)
+  redis           PING, and a probe bump on WAYMARK_BUMP_CHANNEL comes back (it matches no watch);
+                  names the mode (single, cluster, sentinel) and the node it reached
   api             WAYMARK_API_URL answers HTTP (any status)
   waymark.watch   a Waymark instance is attached (an invalid path gets waymark.error.invalid_path)
 Exit code 0 when every check passes, 1 when one fails, 2 on a bad setting.
@@ -198,8 +200,8 @@ async function serve(argv: string[], io: CliIO): Promise<number> {
   return stopped;
 }
 
-async function checkRedis(url: string): Promise<string | null> {
-  const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 2_000 });
+async function checkRedis(target: RedisTarget): Promise<string | null> {
+  const redis = createRedis(target, 'dev check', { maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 2_000 });
   redis.on('error', () => undefined);
   try {
     await redis.connect();
@@ -228,7 +230,7 @@ async function dev(argv: string[], io: CliIO): Promise<number> {
     WAYMARK_ROUTER_TICKET: ticket,
   };
   const preliminary = loadConfig(env);
-  const problem = await checkRedis(preliminary.redisUrl);
+  const problem = await checkRedis(preliminary);
   if (problem) {
     io.stderr.write(`waymark dev: Redis is not reachable at ${preliminary.redisUrl} (${problem}); start one with 'redis-server --daemonize yes' or set WAYMARK_REDIS_URL\n`);
     return 1;
@@ -382,6 +384,8 @@ async function bump(argv: string[], io: CliIO): Promise<number> {
   try {
     const receivers = await bumper.bump(positionals, { id: values.id as string | undefined });
     if (target.bumpStream) io.stderr.write(`waymark bump: added ${positionals.length} path(s) to stream ${target.bumpStream}\n`);
+    // A cluster node counts only its own subscribers; the cluster bus carries the message to the rest.
+    else if (target.redisClusterNodes) io.stderr.write(`waymark bump: published ${positionals.length} path(s) on ${target.bumpChannel} (Redis Cluster: every node relays it; ${receivers} subscriber(s) on the node that took it)\n`);
     else io.stderr.write(`waymark bump: published ${positionals.length} path(s) on ${target.bumpChannel}; ${receivers} Waymark subscriber(s) received it\n`);
     return 0;
   } finally {
@@ -416,7 +420,7 @@ async function doctor(argv: string[], io: CliIO): Promise<number> {
   // the check lines are the whole output: autobahn's console chatter goes to a quiet logger
   routeAutobahnWarnings(createLogger({ level: 'warn', stream: io.stderr }));
   const { runDoctor, formatResult } = await import('./ops/doctor.js');
-  io.stdout.write(`waymark doctor ${VERSION}: router ${redactUrl(config.routerUrl)} realm ${config.realm}, redis ${redactUrl(config.redisUrl)}, API ${config.apiUrl}\n`);
+  io.stdout.write(`waymark doctor ${VERSION}: router ${redactUrl(config.routerUrl)} realm ${config.realm}, redis ${config.redisClusterNodes ? `cluster ${config.redisClusterNodes.join(',')}` : config.redisSentinels ? `sentinel ${config.redisSentinelName}@${config.redisSentinels.join(',')}` : redactUrl(config.redisUrl)}, API ${config.apiUrl}\n`);
   const results = await runDoctor(config, { timeoutMs, onResult: (r) => io.stdout.write(`${formatResult(r)}\n`) });
   const failed = results.filter((r) => r.status === 'fail').map((r) => r.name);
   const skipped = results.filter((r) => r.status === 'skip').length;

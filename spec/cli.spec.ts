@@ -40,6 +40,16 @@ describe('command line', function () {
     expect(p.stderr).to.match(/^waymark serve: WAYMARK_FETCH_TIMEOUT_MS: must be a whole number/);
   });
 
+  it('serve, bump and doctor exit 2 with one line naming the setting when cluster and sentinel are both set', async function () {
+    const env = cleanEnv({ WAYMARK_API_URL: 'http://127.0.0.1:1', WAYMARK_REDIS_CLUSTER_NODES: '127.0.0.1:7000', WAYMARK_REDIS_SENTINELS: '127.0.0.1:26379', WAYMARK_REDIS_SENTINEL_NAME: 'm' });
+    for (const args of [['serve'], ['bump', '/users/1'], ['doctor']]) {
+      const p = run(args, env);
+      expect(await p.exited, args[0]).to.equal(2);
+      expect(p.stderr.trim().split('\n')).to.have.length(1);
+      expect(p.stderr).to.match(new RegExp(`^waymark ${args[0]}: WAYMARK_REDIS_SENTINELS: cannot be used together with WAYMARK_REDIS_CLUSTER_NODES`));
+    }
+  });
+
   it('serve exits 2 naming WAYMARK_ADMIN_PORT when that port is taken', async function () {
     const blocker: Server = createServer();
     await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));

@@ -1,13 +1,26 @@
-import { Redis } from 'ioredis';
-import { DEFAULTS, type BumpTarget } from '../protocol/config.js';
+import { DEFAULTS, redisTarget, type BumpTarget } from '../protocol/config.js';
+import { createRedis, type RedisClient } from '../support/redis.js';
 
 export interface BumperOptions {
-  /** @default 'redis://127.0.0.1:6379' */
+  /**
+   * Redis; with redisClusterNodes or redisSentinels only its username, password and TLS
+   * (`rediss:`) are used. @default 'redis://127.0.0.1:6379' (WAYMARK_REDIS_URL)
+   */
   redisUrl?: string;
+  /**
+   * Redis Cluster: some of its nodes as `host:port` (the rest are discovered), e.g.
+   * `['10.0.0.1:7000', '10.0.0.2:7000']` (WAYMARK_REDIS_CLUSTER_NODES). A PUBLISH on any node
+   * reaches every subscriber; an XADD goes to the stream's master.
+   */
+  redisClusterNodes?: string[];
+  /** Sentinels as `host:port`, with redisSentinelName (WAYMARK_REDIS_SENTINELS) */
+  redisSentinels?: string[];
+  /** the master set the sentinels monitor, e.g. `'mymaster'` (WAYMARK_REDIS_SENTINEL_NAME) */
+  redisSentinelName?: string;
   /** @default 'waymark:bumps' */
   channel?: string;
-  /** an existing ioredis client to publish on (not closed by close()) */
-  redis?: Redis;
+  /** an existing ioredis client (Redis or Cluster) to publish on (not closed by close()) */
+  redis?: RedisClient;
   /** stream mode (`WAYMARK_BUMP_STREAM`): XADD to this stream instead of PUBLISH on the channel */
   stream?: string;
   /** approximate length the stream is trimmed to on every XADD. @default 100000 */
@@ -27,16 +40,24 @@ export interface Bumper {
 /** createBumper's options for a configuration: its channel or, in stream mode, its stream. */
 export function bumperOptions(target: BumpTarget): BumperOptions {
   return {
-    redisUrl: target.redisUrl,
+    ...redisTarget(target),
     channel: target.bumpChannel,
     ...(target.bumpStream ? { stream: target.bumpStream, ...(target.bumpStreamMaxLen !== undefined ? { streamMaxLen: target.bumpStreamMaxLen } : {}) } : {}),
   };
 }
 
+/** The connection createBumper opens when given none. */
+export function createBumperRedis(opts: Omit<BumperOptions, 'redis'>): RedisClient {
+  const { redisClusterNodes, redisSentinels, redisSentinelName } = opts;
+  if (redisClusterNodes && redisSentinels) throw new TypeError('createBumper: redisClusterNodes and redisSentinels exclude each other');
+  if (redisSentinels && !redisSentinelName) throw new TypeError('createBumper: redisSentinels needs redisSentinelName');
+  return createRedis(redisTarget({ redisUrl: opts.redisUrl ?? DEFAULTS.redisUrl, redisClusterNodes, redisSentinels, redisSentinelName }), 'bumper', { maxRetriesPerRequest: 1 });
+}
+
 /** The Node helper for backends: `await createBumper().bump('/users/1')`. */
 export function createBumper(opts: BumperOptions = {}): Bumper {
   const own = !opts.redis;
-  const redis = opts.redis ?? new Redis(opts.redisUrl ?? DEFAULTS.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 });
+  const redis = opts.redis ?? createBumperRedis(opts);
   const channel = opts.channel ?? DEFAULTS.bumpChannel;
   let closing: Promise<void> | undefined;
   return {

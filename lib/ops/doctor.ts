@@ -3,12 +3,13 @@ import { request as httpRequest, type ClientRequest, type IncomingMessage } from
 import { request as httpsRequest } from 'node:https';
 import type { Socket } from 'node:net';
 import autobahn from 'autobahn';
-import { Redis } from 'ioredis';
-import type { WaymarkConfig } from '../protocol/config.js';
+import { Cluster } from 'ioredis';
+import { redisTarget, type RedisTarget, type WaymarkConfig } from '../protocol/config.js';
 import { ERROR_URIS, PROC_WATCH, WAMP_SUBPROTOCOLS } from '../protocol/uris.js';
 import { VERSION } from '../protocol/version.js';
 import { redactUrl } from '../support/logger.js';
 import { DeadlineError, withDeadline } from '../support/deadline.js';
+import { connectedNode, createNodeRedis, createRedis, redisMode } from '../support/redis.js';
 
 /**
  * `waymark doctor`: what an operator runs when "it does not push". Each check answers one
@@ -268,12 +269,24 @@ async function checkWatch(probe: WampProbe, timeoutMs: number): Promise<CheckRes
 // redis: PING and a round trip on the bump channel
 // ---------------------------------------------------------------------------------------------
 
-async function checkRedis(url: string, channel: string, timeoutMs: number): Promise<CheckResult> {
+/**
+ * Which Redis, in words: the URL (single), the seed nodes (cluster) or the master set and its
+ * sentinels. Never the password.
+ */
+function describeTarget(target: RedisTarget): string {
+  const mode = redisMode(target);
+  if (mode === 'cluster') return `cluster via ${target.redisClusterNodes!.join(',')}`;
+  if (mode === 'sentinel') return `sentinel master set ${target.redisSentinelName} via ${target.redisSentinels!.join(',')}`;
+  return redactUrl(target.redisUrl);
+}
+
+async function checkRedis(target: RedisTarget, channel: string, timeoutMs: number): Promise<CheckResult> {
   const name = 'redis';
-  const shown = redactUrl(url);
-  const options = { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: timeoutMs, enableOfflineQueue: false };
-  const pub = new Redis(url, options);
-  const sub = new Redis(url, options);
+  const mode = redisMode(target);
+  let shown = describeTarget(target);
+  const options = { maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: timeoutMs, enableOfflineQueue: false };
+  const pub = createRedis(target, 'doctor', options);
+  const sub = createNodeRedis(target, 'doctor subscriber', options);
   // connect() only says "Connection is closed."; the cause (ECONNREFUSED, NOAUTH) comes as an event.
   let cause: unknown;
   pub.on('error', (err: unknown) => { cause ??= err; });
@@ -283,6 +296,14 @@ async function checkRedis(url: string, channel: string, timeoutMs: number): Prom
     await within(timeoutMs, 'connection', pub.connect());
     const pong = await within(timeoutMs, 'PONG', pub.ping());
     const pingTook = since(t0);
+    if (pub instanceof Cluster) {
+      const info = String(await within(timeoutMs, 'CLUSTER INFO', pub.cluster('INFO')));
+      const state = /cluster_state:(\w+)/.exec(info)?.[1] ?? 'unknown';
+      shown += ` (${pub.nodes('master').length} masters, ${pub.nodes('all').length} nodes, cluster_state ${state})`;
+      if (state !== 'ok') throw new Error(`cluster_state is ${state}: some slots have no reachable master`);
+    } else if (mode === 'sentinel') {
+      shown += ` (master at ${connectedNode(pub) ?? 'unknown'})`;
+    }
     await within(timeoutMs, 'connection', sub.connect());
     await within(timeoutMs, 'SUBSCRIBE', sub.subscribe(channel));
     // A bump of a path no browser can watch (it is its own id): every instance receives it and
@@ -296,9 +317,12 @@ async function checkRedis(url: string, channel: string, timeoutMs: number): Prom
     const receivers = await within(timeoutMs, 'PUBLISH reply', pub.publish(channel, message));
     await within(timeoutMs, 'probe bump back on the channel', back);
     const others = Math.max(0, receivers - 1);
+    // On a cluster PUBLISH counts only the subscribers of the node it ran on; the others hear
+    // it over the cluster bus.
+    const count = mode === 'cluster' ? `subscribed on ${connectedNode(sub) ?? 'a node'}` : `${others} other subscriber${others === 1 ? '' : 's'}, normally Waymark instances`;
     return {
       name, status: 'ok',
-      detail: `${shown}: ${pong} in ${pingTook}; a probe bump on ${channel} came back in ${since(t1)} (${others} other subscriber${others === 1 ? "" : "s"}, normally Waymark instances)`,
+      detail: `${shown}: ${pong} in ${pingTook}; a probe bump on ${channel} came back in ${since(t1)} (${count})`,
     };
   } catch (err) {
     const reason = err instanceof DeadlineError ? err.message : reasonOf(cause ?? err);
@@ -351,7 +375,7 @@ export async function runDoctor(config: WaymarkConfig, opts: DoctorOptions = {})
   if (router.status === 'ok') session = await checkSession(config, timeoutMs, report);
   else for (const n of ['realm', 'authentication']) report({ name: n, status: 'skip', detail: `not checked: ${session}` });
   try {
-    report(await checkRedis(config.redisUrl, config.bumpChannel, timeoutMs));
+    report(await checkRedis(redisTarget(config), config.bumpChannel, timeoutMs));
     report(await checkApi(config.apiUrl, timeoutMs));
     if (typeof session === 'string') report({ name: 'waymark.watch', status: 'skip', detail: `not checked: ${session}` });
     else report(await checkWatch(session, timeoutMs));
