@@ -139,7 +139,7 @@ export function liveClusterNodes(text: string): Array<{ host: string; port: numb
 function createNode(target: RedisTarget, opts: RedisConnectionOptions & { connectionName: string }): Redis {
   if (redisMode(target) === 'sentinel') {
     const auth = credentials(target.redisUrl);
-    return new Redis({
+    const redis = new Redis({
       ...opts,
       ...auth,
       sentinels: target.redisSentinels!.map(parseNodeAddress),
@@ -153,6 +153,10 @@ function createNode(target: RedisTarget, opts: RedisConnectionOptions & { connec
       sentinelCommandTimeout: 1_000,
       reconnectOnError: readonlyReconnect,
     });
+    // quit() ends the client without closing the failover detector's sentinel connections, which
+    // would then reconnect forever (ioredis 6): disconnect() closes them.
+    redis.once('end', () => redis.disconnect());
+    return redis;
   }
   return new Redis(target.redisUrl, opts);
 }

@@ -1,0 +1,214 @@
+import { expect } from 'chai';
+import { Cluster } from 'ioredis';
+import { createBumper } from '../lib/bumps/bumper.js';
+import { KEYS_TOUCHED_TOGETHER, RedisWatchIndex } from '../lib/cluster/watch-index.js';
+import { loadConfig } from '../lib/protocol/config.js';
+import { ERROR_URIS, PROC_WATCH } from '../lib/protocol/uris.js';
+import { runDoctor } from '../lib/ops/doctor.js';
+import { converge, VersionedApi, watchAll } from './helpers/convergence.js';
+import { componentEnv, randomChannel, sleep, waitFor } from './helpers/env.js';
+import { startWaymark, type Harness } from './helpers/harness.js';
+import { onNode, redisServerAvailable, startRedisCluster, type RedisClusterSet } from './helpers/redis-cluster.js';
+import { CliRunner, cleanEnv } from './helpers/spawn.js';
+import { Upstream } from './helpers/upstream.js';
+import { ClientPool } from './helpers/wamp-client.js';
+
+/** Contract section 13 on a real Redis Cluster: 3 masters, 3 replicas, started for this file. */
+describe('Redis Cluster', function () {
+  this.timeout(30_000);
+  let cluster: RedisClusterSet;
+  let api: Upstream;
+  let versions: VersionedApi;
+  let channel: string;
+  let instances: Harness[] = [];
+  const pool = new ClientPool();
+  const cli = new CliRunner();
+
+  const start = async (n: number, env: Record<string, string> = {}) => {
+    for (let i = 0; i < n; i += 1) {
+      instances.push(await startWaymark(api.url, { WAYMARK_BUMP_CHANNEL: channel, WAYMARK_REDIS_CLUSTER_NODES: cluster.seeds.join(','), WAYMARK_REDIS_PROBE_MS: '1000', ...env }));
+    }
+  };
+
+  before(async function () {
+    if (!redisServerAvailable()) {
+      console.log('      SKIPPED: redis-server / redis-cli not installed (apt-get install redis-server)');
+      this.skip();
+    }
+    const t0 = Date.now();
+    cluster = await startRedisCluster();
+    console.log(`      cluster of 3 masters + 3 replicas up in ${Date.now() - t0} ms`);
+  });
+  after(function () {
+    cluster?.stop();
+  });
+  beforeEach(async function () {
+    versions = new VersionedApi();
+    api = await new Upstream().start();
+    api.handler = versions.handler;
+    channel = randomChannel();
+  });
+  afterEach(async function () {
+    await cli.killAll();
+    await pool.closeAll();
+    await Promise.all(instances.splice(0).map((h) => h.close()));
+    await api.close();
+  });
+
+  it('keys a script or multi-key command touches share a slot; sessions spread over the masters', async function () {
+    const slot = (key: string) => onNode(cluster.nodes[0].port, (r) => r.cluster('KEYSLOT', key)) as Promise<number>;
+    const slots = new Set<number>();
+    for (const prefix of ['waymark:bumps', 'a{b', 'x{y}z', '{', '}{']) {
+      for (const session of [1, 77, 4242424242, Number.MAX_SAFE_INTEGER]) {
+        for (const [what, keys] of Object.entries(KEYS_TOUCHED_TOGETHER)) {
+          const touched = (keys as (p: string, s: number) => string[])(prefix, session);
+          const each = await Promise.all(touched.map(slot));
+          expect(new Set(each).size, `${what} ${JSON.stringify(touched)}`).to.equal(1);
+          if (prefix === 'waymark:bumps' && what === 'claim') slots.add(each[0]);
+        }
+      }
+    }
+    expect(slots.size, 'sessions are spread over slots').to.be.greaterThan(1);
+
+    // Every index operation on the cluster itself: CROSSSLOT or a cross-node pipeline would throw.
+    const index = new RedisWatchIndex({ redisUrl: 'redis://ignored', redisClusterNodes: cluster.seeds, prefix: channel });
+    try {
+      await index.start();
+      const sessions = Array.from({ length: 20 }, (_, i) => 1000 + i);
+      for (const s of sessions) expect(await index.claim(s, `w${s}`, 'inst-a', 3)).to.deep.equal({ over: false, previous: null });
+      const masters = new Set(await Promise.all(sessions.map(async (s) => (await cluster.masterOf(await slot(KEYS_TOUCHED_TOGETHER.claim(channel, s)[0]))).port)));
+      expect(masters.size, 'the sessions\' keys live on every master').to.equal(3);
+      const owners = await index.owners(sessions);
+      expect([...owners.values()].every((o, i) => o[`w${sessions[i]}`] === 'inst-a')).to.equal(true);
+      await index.touch(sessions);
+      expect(await index.take(sessions[0], 10, 2)).to.equal(true);
+      await index.setInstance('inst-a', 42);
+      expect(await index.forgetInstance('inst-a', 42)).to.equal(true);
+      for (const s of sessions) await index.dropSession(s);
+      expect(await index.count(sessions[0])).to.equal(0);
+    } finally {
+      await index.close();
+    }
+  });
+
+  it('a PUBLISH on any node, master or replica, reaches Waymark; so do waymark bump and createBumper', async function () {
+    await start(1);
+    const [w] = await watchAll(pool, 1, ['/c/1']);
+    let version = 1;
+    for (const node of cluster.nodes) {
+      versions.set('/c/1', (version += 1));
+      await onNode(node.port, (r) => r.publish(channel, '/c/1'));
+      await waitFor(`the bump published on ${node.address}`, () => w.client.updates.some((u) => u.body.includes(`"version":${version}`)));
+    }
+    versions.set('/c/1', (version += 1));
+    const bump = cli.run(['bump', '/c/1'], cleanEnv({ WAYMARK_REDIS_CLUSTER_NODES: cluster.seeds.join(','), WAYMARK_BUMP_CHANNEL: channel }));
+    expect(await bump.exited, bump.stderr).to.equal(0);
+    expect(bump.stderr).to.include('Redis Cluster: every node relays it');
+    await waitFor('the bump of waymark bump', () => w.client.updates.some((u) => u.body.includes(`"version":${version}`)));
+    versions.set('/c/1', (version += 1));
+    const bumper = createBumper({ redisClusterNodes: [cluster.seeds[4]], channel });
+    await bumper.bump('/c/1');
+    await bumper.close();
+    await waitFor('the bump of createBumper', () => w.client.updates.some((u) => u.body.includes(`"version":${version}`)));
+  });
+
+  it('stream mode: bumps added on the stream\'s master are read, and the position is saved', async function () {
+    const stream = `${channel}:stream`;
+    await start(1, { WAYMARK_BUMP_STREAM: stream });
+    const [w] = await watchAll(pool, 1, ['/s/1']);
+    const bumper = createBumper({ redisClusterNodes: cluster.seeds, stream });
+    try {
+      versions.set('/s/1', 2);
+      await bumper.bump('/s/1');
+      await waitFor('the stream bump', () => w.client.updates.some((u) => u.body.includes('"version":2')));
+      const c = new Cluster(cluster.seeds.map((a) => ({ host: '127.0.0.1', port: Number(a.split(':')[1]) })));
+      try {
+        await waitFor('the saved position', async () => (await c.get(`${stream}:waymark:last:default`)) !== null);
+      } finally {
+        c.disconnect();
+      }
+    } finally {
+      await bumper.close();
+    }
+  });
+
+  it('counts the watch limit across two instances: exactly the limit per session', async function () {
+    await start(2, { WAYMARK_MAX_WATCHES_PER_SESSION: '3' });
+    const sessions = 8;
+    const perSession = 5;
+    let accepted = 0;
+    let refused = 0;
+    await Promise.all(Array.from({ length: sessions }, async () => {
+      const c = await pool.open();
+      const results = await Promise.allSettled(Array.from({ length: perSession }, (_, i) => c.call(PROC_WATCH, [`/l/${i}`, { token: 't' }])));
+      accepted += results.filter((r) => r.status === 'fulfilled').length;
+      refused += results.filter((r) => r.status === 'rejected' && (r.reason as { error?: string }).error === ERROR_URIS.too_many_watches).length;
+    }));
+    const held = instances.map((h) => h.waymark.registry.size);
+    console.log(`      limit 3 on a cluster, 2 instances, ${sessions} sessions x ${perSession} concurrent watches: accepted ${accepted} of ${sessions * perSession} (instances hold ${held.join('+')}), too_many_watches ${refused}`);
+    expect(accepted).to.equal(sessions * 3);
+    expect(refused).to.equal(sessions * (perSession - 3));
+    expect(held.every((n) => n > 0), 'both instances served watches').to.equal(true);
+  });
+
+  it('waymark doctor names the mode and the node its probe subscriber reached', async function () {
+    await start(1);
+    const config = loadConfig({ ...componentEnv(channel, api.url), WAYMARK_REDIS_CLUSTER_NODES: cluster.seeds.join(',') });
+    const results = await runDoctor(config, { timeoutMs: 3_000 });
+    const redis = results.find((r) => r.name === 'redis')!;
+    console.log(`      doctor: ${redis.detail}`);
+    expect(redis.status).to.equal('ok');
+    expect(redis.detail).to.match(/^cluster via 127\.0\.0\.1:\d+.*\(3 masters, 6 nodes, cluster_state ok\).*subscribed on 127\.0\.0\.1:\d+/);
+  });
+
+  it('a killed master\'s replica takes over while bumps are published: every watcher converges, 0 lost', async function () {
+    await start(2);
+    const paths = ['/f/1', '/f/2', '/f/3'];
+    const watchers = await watchAll(pool, 6, paths);
+    // Subscribers start on the first seed, a master: killing it takes their subscriptions too.
+    const victim = cluster.nodes[0];
+    const list = await onNode(victim.port, (r) => r.client('LIST')) as string;
+    expect(list, 'the subscribers are on the node killed').to.match(/name=waymark-subscriber-/);
+    expect(await onNode(victim.port, (r) => r.info('replication'))).to.include('role:master');
+
+    const bumper = createBumper({ redisClusterNodes: cluster.seeds, channel });
+    let version = 1;
+    let failedPublishes = 0;
+    let bumping = true;
+    const publishing = (async () => {
+      while (bumping) {
+        version += 1;
+        for (const p of paths) versions.set(p, version);
+        // a backend retries a bump that failed; bounded
+        for (let attempt = 0; attempt < 100; attempt += 1) {
+          try {
+            await bumper.bump(paths);
+            break;
+          } catch {
+            failedPublishes += 1;
+            await sleep(50);
+          }
+        }
+        await sleep(100);
+      }
+    })();
+    try {
+      await sleep(300);
+      const killedAt = Date.now();
+      await cluster.kill(victim);
+      await waitFor('a replica promoted and the cluster ok again', () => cluster.healthy(), 15_000);
+      const recovered = Date.now();
+      bumping = false;
+      await publishing;
+      console.log(`      failover took ${recovered - killedAt} ms; bumps published ${version - 1}, publish attempts that failed and were retried ${failedPublishes}`);
+      const r = await converge('cluster-master-kill', watchers, (w) => ({ status: 200, body: versions.body(w.path, w.token) }), recovered);
+      expect(r.lost).to.equal(0);
+      // both lost their subscriber with the node, came back on another and refetched
+      for (const h of instances) expect(h.logs.join(''), 'resubscribed and refetched').to.include('redis bumps flowing again').and.include('bumps may have been lost');
+    } finally {
+      bumping = false;
+      await publishing;
+      await bumper.close();
+    }
+  });
+});
