@@ -160,6 +160,59 @@ describe('Redis Cluster', function () {
     expect(redis.detail).to.match(/^cluster via 127\.0\.0\.1:\d+.*\(3 masters, 6 nodes, cluster_state ok\).*subscribed on 127\.0\.0\.1:\d+/);
   });
 
+  it('what a bump costs each node: a PUBLISH reaches every node over the cluster bus, an SPUBLISH only its shard', async function () {
+    const n = 2_000;
+    type Snapshot = { role: string; publishIn: number; publishOut: number; shardIn: number; shardOut: number; cpuMs: number };
+    const snapshot = () => Promise.all(cluster.nodes.map((node) => onNode(node.port, async (r): Promise<Snapshot> => {
+      const info = String(await r.cluster('INFO'));
+      const stats = await r.info();
+      const field = (text: string, key: string) => Number(new RegExp(`^${key}:([\\d.]+)`, 'm').exec(text)?.[1] ?? 0);
+      return {
+        role: /role:master/.test(stats) ? 'master' : 'replica',
+        publishIn: field(info, 'cluster_stats_messages_publish_received'),
+        publishOut: field(info, 'cluster_stats_messages_publish_sent'),
+        shardIn: field(info, 'cluster_stats_messages_publishshard_received'),
+        shardOut: field(info, 'cluster_stats_messages_publishshard_sent'),
+        cpuMs: (field(stats, 'used_cpu_sys') + field(stats, 'used_cpu_user')) * 1000,
+      };
+    })));
+    const plain = await (async () => {
+      const before = await snapshot();
+      // from one node, pipelined, as a busy backend would
+      await onNode(cluster.nodes[1].port, async (r) => {
+        const p = r.pipeline();
+        for (let i = 0; i < n; i += 1) p.publish(channel, `/users/${i}`);
+        await p.exec();
+      });
+      const after = await snapshot();
+      return after.map((a, i) => ({
+        node: i === 1 ? `${a.role} (publisher's)` : a.role,
+        busIn: a.publishIn - before[i].publishIn,
+        busOut: a.publishOut - before[i].publishOut,
+        cpuMs: Math.round(a.cpuMs - before[i].cpuMs),
+      }));
+    })();
+    console.log(`      ${n} PUBLISH on one node, per node: ${plain.map((x) => `${x.node} in ${x.busIn}/out ${x.busOut} bus msgs, ${x.cpuMs} ms CPU`).join('; ')}`);
+    // every other node, replicas included, receives each PUBLISH once over the bus
+    for (const [i, x] of plain.entries()) if (i !== 1) expect(x.busIn, `node ${i}`).to.equal(n);
+    expect(plain[1].busOut).to.equal(n * (cluster.nodes.length - 1));
+    // SPUBLISH on the shard's master: its replica gets it, no other node does
+    const shardMaster = await cluster.masterOf(await onNode(cluster.nodes[1].port, (r) => r.cluster('KEYSLOT', `{${channel}}`)) as number);
+    const sharded = await (async () => {
+      const before = await snapshot();
+      await onNode(shardMaster.port, async (r) => {
+        const p = r.pipeline();
+        for (let i = 0; i < n; i += 1) p.call('SPUBLISH', `{${channel}}`, `/users/${i}`);
+        await p.exec();
+      });
+      const after = await snapshot();
+      return after.map((a, i) => ({ port: cluster.nodes[i].port, role: a.role, busIn: a.shardIn - before[i].shardIn, cpuMs: Math.round(a.cpuMs - before[i].cpuMs) }));
+    })();
+    console.log(`      ${n} SPUBLISH on the shard's master, per node: ${sharded.map((x) => `${x.port === shardMaster.port ? 'master (publisher\'s)' : x.role} in ${x.busIn} bus msgs, ${x.cpuMs} ms CPU`).join('; ')}`);
+    expect(sharded.filter((x) => x.busIn === n)).to.have.length(1);
+    expect(sharded.filter((x) => x.busIn === 0)).to.have.length(cluster.nodes.length - 1);
+  });
+
   /**
    * Kill `victim` (a master) while bumps of every path are published (a backend retries a bump
    * that failed, bounded), then wait for the replica's promotion: every watcher must end on the
