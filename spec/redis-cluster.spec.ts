@@ -24,9 +24,13 @@ describe('Redis Cluster', function () {
   const pool = new ClientPool();
   const cli = new CliRunner();
 
+  // Every node requires a password, which Waymark takes from WAYMARK_REDIS_URL (its host unused).
+  const password = 'cluster-secret';
+  const redisUrl = `redis://:${password}@unused.invalid:1`;
+  const clusterEnv = () => ({ WAYMARK_REDIS_URL: redisUrl, WAYMARK_REDIS_CLUSTER_NODES: cluster.seeds.join(',') });
   const start = async (n: number, env: Record<string, string> = {}) => {
     for (let i = 0; i < n; i += 1) {
-      instances.push(await startWaymark(api.url, { WAYMARK_BUMP_CHANNEL: channel, WAYMARK_REDIS_CLUSTER_NODES: cluster.seeds.join(','), WAYMARK_REDIS_PROBE_MS: '1000', ...env }));
+      instances.push(await startWaymark(api.url, { WAYMARK_BUMP_CHANNEL: channel, ...clusterEnv(), WAYMARK_REDIS_PROBE_MS: '1000', ...env }));
     }
   };
 
@@ -35,7 +39,7 @@ describe('Redis Cluster', function () {
       throw new Error('these specs start their own Redis from redis-server and redis-cli: run \'apt-get install -y redis-server\' (.ci/run installs it)');
     }
     const t0 = Date.now();
-    cluster = await startRedisCluster();
+    cluster = await startRedisCluster(3, password);
     console.log(`      cluster of 3 masters + 3 replicas up in ${Date.now() - t0} ms`);
   });
   after(function () {
@@ -70,7 +74,7 @@ describe('Redis Cluster', function () {
     expect(slots.size, 'sessions are spread over slots').to.be.greaterThan(1);
 
     // Every index operation on the cluster itself: CROSSSLOT or a cross-node pipeline would throw.
-    const index = new RedisWatchIndex({ redisUrl: 'redis://ignored', redisClusterNodes: cluster.seeds, prefix: channel });
+    const index = new RedisWatchIndex({ redisUrl, redisClusterNodes: cluster.seeds, prefix: channel });
     try {
       await index.start();
       const sessions = Array.from({ length: 20 }, (_, i) => 1000 + i);
@@ -100,12 +104,12 @@ describe('Redis Cluster', function () {
       await waitFor(`the bump published on ${node.address}`, () => w.client.updates.some((u) => u.body.includes(`"version":${version}`)));
     }
     versions.set('/c/1', (version += 1));
-    const bump = cli.run(['bump', '/c/1'], cleanEnv({ WAYMARK_REDIS_CLUSTER_NODES: cluster.seeds.join(','), WAYMARK_BUMP_CHANNEL: channel }));
+    const bump = cli.run(['bump', '/c/1'], cleanEnv({ ...clusterEnv(), WAYMARK_BUMP_CHANNEL: channel }));
     expect(await bump.exited, bump.stderr).to.equal(0);
     expect(bump.stderr).to.include('Redis Cluster: every node relays it');
     await waitFor('the bump of waymark bump', () => w.client.updates.some((u) => u.body.includes(`"version":${version}`)));
     versions.set('/c/1', (version += 1));
-    const bumper = createBumper({ redisClusterNodes: [cluster.seeds[4]], channel });
+    const bumper = createBumper({ redisUrl, redisClusterNodes: [cluster.seeds[4]], channel });
     await bumper.bump('/c/1');
     await bumper.close();
     await waitFor('the bump of createBumper', () => w.client.updates.some((u) => u.body.includes(`"version":${version}`)));
@@ -115,12 +119,12 @@ describe('Redis Cluster', function () {
     const stream = `${channel}:stream`;
     await start(1, { WAYMARK_BUMP_STREAM: stream });
     const [w] = await watchAll(pool, 1, ['/s/1']);
-    const bumper = createBumper({ redisClusterNodes: cluster.seeds, stream });
+    const bumper = createBumper({ redisUrl, redisClusterNodes: cluster.seeds, stream });
     try {
       versions.set('/s/1', 2);
       await bumper.bump('/s/1');
       await waitFor('the stream bump', () => w.client.updates.some((u) => u.body.includes('"version":2')));
-      const c = new Cluster(cluster.seeds.map((a) => ({ host: '127.0.0.1', port: Number(a.split(':')[1]) })));
+      const c = new Cluster(cluster.seeds.map((a) => ({ host: '127.0.0.1', port: Number(a.split(':')[1]) })), { redisOptions: { password } });
       try {
         await waitFor('the saved position', async () => (await c.get(`${stream}:waymark:last:default`)) !== null);
       } finally {
@@ -152,7 +156,7 @@ describe('Redis Cluster', function () {
 
   it('waymark doctor names the mode and the node its probe subscriber reached', async function () {
     await start(1);
-    const config = loadConfig({ ...componentEnv(channel, api.url), WAYMARK_REDIS_CLUSTER_NODES: cluster.seeds.join(',') });
+    const config = loadConfig({ ...componentEnv(channel, api.url), ...clusterEnv() });
     const results = await runDoctor(config, { timeoutMs: 3_000 });
     const redis = results.find((r) => r.name === 'redis')!;
     console.log(`      doctor: ${redis.detail}`);
@@ -226,7 +230,7 @@ describe('Redis Cluster', function () {
     const watchers = await watchAll(pool, 6, paths);
     await check?.();
     expect(await onNode(victim.port, (r) => r.info('replication'))).to.match(/role:master[\s\S]*connected_slaves:1/);
-    const bumper = createBumper({ redisClusterNodes: cluster.seeds, ...bump });
+    const bumper = createBumper({ redisUrl, redisClusterNodes: cluster.seeds, ...bump });
     let version = 1;
     let failedPublishes = 0;
     let bumping = true;

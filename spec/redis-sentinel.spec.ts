@@ -20,7 +20,10 @@ describe('Redis Sentinel', function () {
   let instances: Harness[] = [];
   const pool = new ClientPool();
   const cli = new CliRunner();
-  const sentinelEnv = () => ({ WAYMARK_REDIS_SENTINELS: set.addresses.join(','), WAYMARK_REDIS_SENTINEL_NAME: set.name });
+  // Master and replica require a password, which Waymark takes from WAYMARK_REDIS_URL (its host unused).
+  const password = 'sentinel-set-secret';
+  const redisUrl = `redis://:${password}@unused.invalid:1`;
+  const sentinelEnv = () => ({ WAYMARK_REDIS_URL: redisUrl, WAYMARK_REDIS_SENTINELS: set.addresses.join(','), WAYMARK_REDIS_SENTINEL_NAME: set.name });
 
   const start = async (n: number, env: Record<string, string> = {}) => {
     for (let i = 0; i < n; i += 1) {
@@ -33,7 +36,7 @@ describe('Redis Sentinel', function () {
       throw new Error('these specs start their own Redis from redis-server and redis-cli: run \'apt-get install -y redis-server\' (.ci/run installs it)');
     }
     const t0 = Date.now();
-    set = await startSentinelSet();
+    set = await startSentinelSet('waymark', password);
     console.log(`      master + replica + 3 sentinels up in ${Date.now() - t0} ms`);
   });
   after(function () {
@@ -62,7 +65,7 @@ describe('Redis Sentinel', function () {
     versions.set('/p/1', 2);
     const bump = cli.run(['bump', '/p/1'], cleanEnv({ ...sentinelEnv(), WAYMARK_BUMP_CHANNEL: channel }));
     expect(await bump.exited, bump.stderr).to.equal(0);
-    const bumper = createBumper({ redisSentinels: set.addresses, redisSentinelName: set.name, stream });
+    const bumper = createBumper({ redisUrl, redisSentinels: set.addresses, redisSentinelName: set.name, stream });
     try {
       await bumper.bump('/p/1');
     } finally {
@@ -86,7 +89,7 @@ describe('Redis Sentinel', function () {
     const watchers = await watchAll(pool, 6, paths);
     const old = set.master;
     expect(await set.currentMasterPort()).to.equal(old.port);
-    const bumper = createBumper({ redisSentinels: set.addresses, redisSentinelName: set.name, channel });
+    const bumper = createBumper({ redisUrl, redisSentinels: set.addresses, redisSentinelName: set.name, channel });
     let version = 1;
     let failedPublishes = 0;
     let bumping = true;

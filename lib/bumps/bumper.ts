@@ -1,4 +1,5 @@
 import { DEFAULTS, redisTarget, type BumpTarget } from '../protocol/config.js';
+import { waitAtMost, withDeadline } from '../support/deadline.js';
 import { createRedis, type RedisClient } from '../support/redis.js';
 
 export interface BumperOptions {
@@ -25,6 +26,11 @@ export interface BumperOptions {
   stream?: string;
   /** approximate length the stream is trimmed to on every XADD. @default 100000 */
   streamMaxLen?: number;
+  /**
+   * Milliseconds bump() waits for Redis before it rejects with a DeadlineError (a cluster or
+   * sentinel client would otherwise hold a bump while it keeps looking for a node). @default 10000
+   */
+  timeoutMs?: number;
 }
 
 export interface Bumper {
@@ -70,15 +76,18 @@ export function createBumper(opts: BumperOptions = {}): Bumper {
       const message = paths.length === 1 && id === undefined && !/\s/.test(paths[0])
         ? paths[0]
         : JSON.stringify(paths.length === 1 ? { path: paths[0], ...(id ? { id } : {}) } : { paths, ...(id ? { id } : {}) });
+      const timeoutMs = opts.timeoutMs ?? 10_000;
+      const within = <T>(work: Promise<T>) => withDeadline(work, timeoutMs, `no answer from Redis within ${timeoutMs} ms`);
       if (opts.stream) {
         // The same three message forms, in the `bump` field of one entry; MAXLEN ~ keeps it bounded.
-        await redis.xadd(opts.stream, 'MAXLEN', '~', opts.streamMaxLen ?? DEFAULTS.bumpStreamMaxLen, '*', 'bump', message);
+        await within(redis.xadd(opts.stream, 'MAXLEN', '~', opts.streamMaxLen ?? DEFAULTS.bumpStreamMaxLen, '*', 'bump', message));
         return 1;
       }
-      return redis.publish(channel, message);
+      return within(redis.publish(channel, message));
     },
     close() {
-      closing ??= own ? redis.quit().then(() => undefined, () => redis.disconnect()) : Promise.resolve();
+      // QUIT is not answered by a Redis never reached: a bounded wait, then the socket is closed.
+      closing ??= own ? waitAtMost(redis.quit(), 1_000).finally(() => redis.disconnect()) : Promise.resolve();
       return closing;
     },
   };

@@ -18,6 +18,8 @@ const REDIS_SERVER = process.env.WAYMARK_TEST_REDIS_SERVER || 'redis-server';
 const REDIS_CLI = process.env.WAYMARK_TEST_REDIS_CLI || 'redis-cli';
 
 const running = new Set<ChildProcess>();
+/** the password of each data node started with one, for onNode */
+const passwords = new Map<number, string>();
 process.once('exit', () => { for (const p of running) p.kill('SIGKILL'); });
 
 /** Is redis-server (with redis-cli) installed? The cluster specs are skipped, loudly, when not. */
@@ -32,7 +34,11 @@ export interface RedisNode {
   address: string;
 }
 
-function startServer(dir: string, port: number, args: string[]): RedisNode {
+function startServer(dir: string, port: number, args: string[], password?: string): RedisNode {
+  if (password) {
+    passwords.set(port, password);
+    args = ['--requirepass', password, '--masterauth', password, ...args];
+  }
   const child = spawn(REDIS_SERVER, [
     '--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no',
     '--logfile', join(dir, `${port}.log`), '--loglevel', 'notice',
@@ -48,7 +54,7 @@ function startServer(dir: string, port: number, args: string[]): RedisNode {
 async function answering(port: number, timeoutMs = 5_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const r = new Redis(port, '127.0.0.1', { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+    const r = new Redis(port, '127.0.0.1', { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, password: passwords.get(port) });
     r.on('error', () => undefined);
     try {
       await r.connect();
@@ -65,7 +71,7 @@ async function answering(port: number, timeoutMs = 5_000): Promise<void> {
 
 /** Run `fn` on a short-lived connection to one node. */
 export async function onNode<T>(port: number, fn: (r: Redis) => Promise<T>): Promise<T> {
-  const r = new Redis(port, '127.0.0.1', { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 1_000 });
+  const r = new Redis(port, '127.0.0.1', { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 1_000, password: passwords.get(port) });
   r.on('error', () => undefined);
   try {
     await r.connect();
@@ -103,11 +109,11 @@ export interface RedisClusterSet {
 }
 
 /**
- * A Redis Cluster of `masters` masters with one replica each. cluster-node-timeout is 1 s, and
- * replicas may always fail over (validity factor 0), so a killed master's replica takes over
- * in about two seconds.
+ * A Redis Cluster of `masters` masters with one replica each, every node requiring `password`
+ * when given. cluster-node-timeout is 1 s, and replicas may always fail over (validity factor 0),
+ * so a killed master's replica takes over in about two seconds.
  */
-export async function startRedisCluster(masters = 3, nodeTimeoutMs = 1_000): Promise<RedisClusterSet> {
+export async function startRedisCluster(masters = 3, password?: string, nodeTimeoutMs = 1_000): Promise<RedisClusterSet> {
   const dir = mkdtempSync(join(tmpdir(), 'waymark-cluster-'));
   const nodes: RedisNode[] = [];
   try {
@@ -117,10 +123,11 @@ export async function startRedisCluster(masters = 3, nodeTimeoutMs = 1_000): Pro
       nodes.push(startServer(dir, port, [
         '--cluster-enabled', 'yes', '--cluster-port', String(bus), '--cluster-config-file', join(dir, `nodes-${port}.conf`),
         '--cluster-node-timeout', String(nodeTimeoutMs), '--cluster-replica-validity-factor', '0', '--repl-ping-replica-period', '1',
-      ]));
+      ], password));
     }
     await Promise.all(nodes.map((n) => answering(n.port)));
-    const create = spawnSync(REDIS_CLI, ['--cluster', 'create', ...nodes.map((n) => n.address), '--cluster-replicas', '1', '--cluster-yes'], { encoding: 'utf8', timeout: 20_000 });
+    const auth = password ? ['-a', password, '--no-auth-warning'] : [];
+    const create = spawnSync(REDIS_CLI, [...auth, '--cluster', 'create', ...nodes.map((n) => n.address), '--cluster-replicas', '1', '--cluster-yes'], { encoding: 'utf8', timeout: 20_000 });
     if (create.status !== 0) throw new Error(`redis-cli --cluster create failed: ${create.stdout}${create.stderr}`);
     const set: RedisClusterSet = {
       nodes,
@@ -178,16 +185,16 @@ export interface SentinelSet {
 
 /**
  * One master, one replica and three sentinels (quorum 2) watching them as `name`: a master that
- * stops answering for 500 ms is failed over.
+ * stops answering for 500 ms is failed over. Master and replica require `password` when given.
  */
-export async function startSentinelSet(name = 'waymark'): Promise<SentinelSet> {
+export async function startSentinelSet(name = 'waymark', password?: string): Promise<SentinelSet> {
   const dir = mkdtempSync(join(tmpdir(), 'waymark-sentinel-'));
   const all: RedisNode[] = [];
   try {
-    const master = startServer(dir, await freePort(), []);
+    const master = startServer(dir, await freePort(), [], password);
     all.push(master);
     await answering(master.port);
-    const replica = startServer(dir, await freePort(), ['--replicaof', '127.0.0.1', String(master.port), '--repl-ping-replica-period', '1']);
+    const replica = startServer(dir, await freePort(), ['--replicaof', '127.0.0.1', String(master.port), '--repl-ping-replica-period', '1'], password);
     all.push(replica);
     await answering(replica.port);
     await until('the replica in sync', () => onNode(replica.port, async (r) => /master_link_status:up/.test(await r.info('replication'))), 10_000);
@@ -205,6 +212,7 @@ export async function startSentinelSet(name = 'waymark'): Promise<SentinelSet> {
         `sentinel down-after-milliseconds ${name} 500`,
         `sentinel failover-timeout ${name} 3000`,
         `sentinel parallel-syncs ${name} 1`,
+        ...(password ? [`sentinel auth-pass ${name} ${password}`] : []),
         `sentinel known-replica ${name} 127.0.0.1 ${replica.port}`,
         ...[0, 1, 2].filter((j) => j !== i).map((j) => `sentinel known-sentinel ${name} 127.0.0.1 ${ports[j]} ${ids[j]}`),
         '',
