@@ -2,8 +2,8 @@ import { Writable } from 'node:stream';
 import { createWaymark, type Waymark } from '../../lib/wamp/component.js';
 import { loadConfig } from '../../lib/protocol/config.js';
 import { createLogger } from '../../lib/support/logger.js';
-import { createRedis } from '../../lib/support/redis.js';
-import { componentEnv, randomChannel } from './env.js';
+import { createRedis, redisMode } from '../../lib/support/redis.js';
+import { componentEnv, randomChannel, testEnv } from './env.js';
 
 export interface Harness {
   waymark: Waymark;
@@ -28,8 +28,9 @@ export async function startWaymark(apiUrl: string, env: Record<string, string> =
   const stream = new Writable({ write(chunk, _enc, cb) { logs.push(String(chunk)); cb(); } });
   const waymark = createWaymark(config, { logger: createLogger({ level: 'debug', stream }) });
   await waymark.start();
-  // the same Redis as the component (one node, a cluster or through sentinels)
-  const pub = createRedis(config, 'spec bumps', { lazyConnect: false });
+  // The cluster or sentinel set the component uses; for one node, the test Redis itself, not the
+  // fault proxy a spec may have put between it and the component.
+  const pub = createRedis(redisMode(config) === 'single' ? { redisUrl: testEnv.redisUrl } : config, 'spec bumps', { lazyConnect: false });
   pub.on('error', () => undefined);
   return {
     waymark,
