@@ -4,15 +4,23 @@
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import { writeFileSync, mkdirSync } from 'node:fs';
+import { relative } from 'node:path';
 import os from 'node:os';
 import autobahn from 'autobahn';
 import got from 'got';
 import { Redis } from 'ioredis';
 import { Pool } from 'undici';
 import { WAMP_SUBPROTOCOLS } from '../lib/protocol/uris.js';
+import { createLogger } from '../lib/support/logger.js';
 import { cpuSeconds, here, nowMs, percentile, startComponent, stopProcess, Worker } from './procs.js';
 
-console.warn = () => undefined; // autobahn reports every close
+// autobahn reports every close on the console.warn it bound when it loaded (so replacing
+// console.warn misses it), which lands in the middle of the table: its own hook goes to a quiet
+// logger instead (debug level, shown with WAYMARK_LOG_LEVEL=debug).
+const quiet = createLogger({ level: process.env.WAYMARK_LOG_LEVEL || 'warn', stream: process.stderr });
+(autobahn as unknown as { log: { warn: (...args: unknown[]) => void } }).log.warn = (...args: unknown[]) => {
+  quiet.debug('autobahn', { message: args.map((a) => (typeof a === 'string' ? a : JSON.stringify(a))).join(' ') });
+};
 
 const quick = process.argv.includes('--quick');
 // `--only a,d` runs a subset of the scenarios (for profiling one of them)
@@ -341,8 +349,14 @@ async function main() {
     ...rows.map((r) => `| ${r.scenario} | ${r.figure} | ${r.value} | ${r.baseline ?? ''} | ${r.ratio ?? ''} | ${r.target ?? ''} | ${r.met === undefined ? '' : r.met ? 'yes' : 'NO'} | ${r.cpu ? [r.cpu.component, r.cpu.router, r.cpu.upstream, r.cpu.watchers, r.cpu.bench].join(' / ') : ''} |`),
   ].join('\n');
   process.stdout.write(`\nWaymark bench (${quick ? 'quick' : 'full'}) on ${machine}, ${Math.round((Date.now() - t0) / 1000)} s\n\n${table}\n`);
-  mkdirSync(here('../../bench'), { recursive: true });
-  if (!onlyArg) writeFileSync(here(`../../bench/results${quick ? '-quick' : ''}.json`), JSON.stringify({ mode: quick ? 'quick' : 'full', machine, at: new Date().toISOString(), rows }, null, 2) + '\n');
+  if (!onlyArg) {
+    // The full run's results are the tracked record (bench/results.json); a quick run is a check
+    // on this machine and goes to the untracked bench/out/, so it never dirties the tree.
+    const file = here(quick ? '../../bench/out/results-quick.json' : '../../bench/results.json');
+    mkdirSync(here(quick ? '../../bench/out' : '../../bench'), { recursive: true });
+    writeFileSync(file, JSON.stringify({ mode: quick ? 'quick' : 'full', machine, at: new Date().toISOString(), rows }, null, 2) + '\n');
+    process.stdout.write(`\nresults written to ${relative(process.cwd(), file) || file}\n`);
+  }
   process.exit(0);
 }
 

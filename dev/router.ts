@@ -32,6 +32,7 @@ import { createRequire } from 'node:module';
 import { randomBytes, randomInt, timingSafeEqual } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { authorize } from '../lib/wamp/authorizer.js';
+import { PROC_AUTHORIZE } from '../lib/protocol/uris.js';
 
 // fox-wamp is CommonJS without types: everything taken from it is `any` (so the subclasses
 // below cannot use `override`), kept to the few members used here. Deep requires, because
@@ -53,6 +54,13 @@ export interface DevRouterOptions {
   realm?: string;           // default 'realm1'
   backendTickets?: Record<string, string>; // authid -> ticket secret; such sessions get authrole 'backend'
   logger?: { info(msg: string, meta?: object): void; warn(msg: string, meta?: object): void; debug?(msg: string, meta?: object): void };
+  /**
+   * CPU time, in microseconds, the router burns (busy loop) for every EVENT it delivers, to model
+   * a router that costs what Crossbar does: Crossbar 22.6.1 on CPython spends 300-350 us of CPU
+   * per delivered 1.2 KB event (/work/shared/ROUTERS.md), fox-wamp a small fraction of that.
+   * Used by the bench (`--router-cost-us`); default 0.
+   */
+  routeCostUs?: number;
 }
 
 export interface DevRouter {
@@ -346,6 +354,11 @@ class DevContext extends WampSocketWriterContext {
    * autobahn falls back to the subscribed topic anyway).
    */
   sendEvent(cmd: any): void {
+    const cost: number = this.router.routeCostUs ?? 0;
+    if (cost > 0) {
+      const until = performance.now() + cost / 1000;
+      while (performance.now() < until) { /* spend the router's CPU per delivery */ }
+    }
     const details: Record<string, unknown> = { topic: cmd.uri.join('.') };
     this.wampSend(withPayload([WAMP.EVENT, cmd.traceId, cmd.qid, details], wampArgs(cmd.data), cmd.hdr));
   }
@@ -390,6 +403,16 @@ class DevGate extends WampGate {
   }
 
   createContext(session: any, socketWriter: any): any {
+    // fox-wamp's writer answers a failed send (a peer reset mid-write, e.g. a killed process)
+    // with `this.close(1011)`, which it lacks: the TypeError escaped as an uncaught exception
+    // from the socket's callback. Crossbar drops such a connection; so does this.
+    socketWriter.close ??= (code: number, reason: string) => {
+      try {
+        socketWriter.wampPkgClose(code, reason);
+      } catch (err) {
+        this.log.debug?.('dev router: closing a failed connection', { error: String(err) });
+      }
+    };
     return new DevContext(this._router, session, socketWriter);
   }
 
@@ -516,12 +539,20 @@ class DevGate extends WampGate {
    *   - `frontend` is decided by the dynamic authorizer `waymark.authorize`, i.e. the very
    *     function of lib/authorizer.ts, with Crossbar's reading of its answer: true/{allow:true}
    *     allow without disclosure, {allow:true, disclose:true} discloses, false/{allow:false} is
-   *     `not_authorized`, anything else or a throw is `authorization_failed`.
+   *     `not_authorized`, anything else or a throw is `authorization_failed`. While no session
+   *     has registered `waymark.authorize` (Waymark not joined yet, e.g. right after a router
+   *     restart), Crossbar cannot ask it and fails every action of the role with
+   *     `authorization_failed`; so does this adapter, although the rule it applies is the
+   *     in-process one, not the registered procedure.
    */
   private decide(session: any, uri: string, action: string, options: Record<string, string>): Decision {
     const a = auth(session);
     if (!a || a.phase !== 'joined') return { ok: false, error: ERR.not_authorized, message: 'session not joined' };
     if (a.authrole === ROLE_BACKEND) return { ok: true, disclose: action === 'call' };
+    const engine = session.realm?.engine as DevEngine | undefined;
+    if (!engine?.registrations(PROC_AUTHORIZE).some((r) => r.isActive())) {
+      return { ok: false, error: ERR.authorization_failed, message: `authorizer '${PROC_AUTHORIZE}' of role '${a.authrole}' is not registered` };
+    }
     const key = `${a.authrole}\u0000${uri}\u0000${action}`;
     const cached = this.authzCache.get(key);
     if (cached) return cached;
@@ -738,7 +769,7 @@ const silentLogger: Logger = { info() {}, warn() {}, debug() {} };
 
 /** The fox-wamp router core, with our realm class (fox's base class would use its BaseEngine). */
 class DevFoxRouter extends FoxCoreRouter {
-  constructor(private readonly log: Logger) {
+  constructor(private readonly log: Logger, readonly routeCostUs = 0) {
     super();
   }
 
@@ -753,7 +784,7 @@ export async function startDevRouter(opts: DevRouterOptions = {}): Promise<DevRo
   const realmName = opts.realm ?? 'realm1';
   const log: Logger = opts.logger ?? silentLogger;
 
-  const router = new DevFoxRouter(log);
+  const router = new DevFoxRouter(log, Math.max(0, opts.routeCostUs ?? 0));
   // initRealm, not getRealm: fox-wamp's realm-name check (/^[a-z0-9_]+$/) is stricter than
   // Crossbar's. Unknown realms are refused at HELLO (Crossbar: wamp.error.no_such_realm).
   await router.initRealm(realmName, router.createRealm());

@@ -144,10 +144,13 @@ describe('faults: API', function () {
       for (const p of PATHS) state.set(p, 2);
       for (const p of PATHS) await h.bump(p);
       await waitFor('every group in flight', () => api.active >= GROUPS, 3_000);
-      proxy.cut();
+      // Cut every connection and refuse new ones: the fetcher resends a request whose kept-alive
+      // connection was reset at once on a new connection, and that must fail too.
+      await proxy.set('refuse');
       await waitFor('an error Update on every watch', () => failedNow(watchers), 3_000);
       for (const w of watchers) expect(lastUpdate(w)!.error?.code).to.equal('unreachable');
       state.delayMs = 0;
+      await proxy.set('pass');
       const since = Date.now();
       const r = await converge('api-reset', watchers, await finalState(api.url, watchers), since);
       expect(r.lost).to.equal(0);

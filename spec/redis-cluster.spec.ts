@@ -157,11 +157,23 @@ describe('Redis Cluster', function () {
   it('waymark doctor names the mode and the node its probe subscriber reached', async function () {
     await start(1);
     const config = loadConfig({ ...componentEnv(channel, api.url), ...clusterEnv() });
-    const results = await runDoctor(config, { timeoutMs: 3_000 });
+    // a backend publishing on one node meanwhile: --listen-ms watches every node
+    let publishing = true;
+    const backend = (async () => {
+      while (publishing) {
+        await onNode(cluster.nodes[5].port, (r) => r.publish(channel, '/d/1'));
+        await sleep(100);
+      }
+    })();
+    const results = await runDoctor(config, { timeoutMs: 3_000, listenMs: 800 }).finally(() => { publishing = false; });
+    await backend;
     const redis = results.find((r) => r.name === 'redis')!;
     console.log(`      doctor: ${redis.detail}`);
     expect(redis.status).to.equal('ok');
     expect(redis.detail).to.match(/^cluster via 127\.0\.0\.1:\d+.*\(3 masters, 6 nodes, cluster_state ok\).*subscribed on 127\.0\.0\.1:\d+/);
+    const bumps = results.find((r) => r.name === 'bumps')!;
+    expect(bumps.status, bumps.detail).to.equal('ok');
+    expect(bumps.detail).to.match(new RegExp(`bump\\(s\\) published on ${channel}`));
   });
 
   it('what a bump costs each node: a PUBLISH reaches every node over the cluster bus, an SPUBLISH only its shard', async function () {

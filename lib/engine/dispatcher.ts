@@ -288,7 +288,7 @@ export class Dispatcher {
         snapshot();
         continue;
       }
-      const wait = this.pausedUntil - Date.now();
+      const wait = this.pausedUntil - performance.now();
       if (wait > 0) {
         this.pauseTimer ??= setTimeout(() => { this.pauseTimer = undefined; this.pump(); }, wait);
         break;
@@ -358,7 +358,7 @@ export class Dispatcher {
       else this.failed.delete(g.key);
       if (BACK_OFF.has(result.status) && result.retryAfterMs !== undefined && !g.retried) {
         const ms = Math.min(result.retryAfterMs, this.opts.maxRetryAfterMs ?? 60_000);
-        this.pausedUntil = Math.max(this.pausedUntil, Date.now() + ms);
+        this.pausedUntil = Math.max(this.pausedUntil, performance.now() + ms); // monotonic: a clock step neither lengthens nor ends it
         this.opts.logger.warn('API asked to back off', { status: result.status, retryAfterMs: ms });
         g.next ??= trigger;
         g.retried = true;

@@ -1,7 +1,8 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { request as httpRequest, type ClientRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
-import type { Socket } from 'node:net';
+import { connect as netConnect, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import autobahn from 'autobahn';
 import { Cluster } from 'ioredis';
 import { redisTarget, type RedisTarget, type WaymarkConfig } from '../protocol/config.js';
@@ -9,7 +10,7 @@ import { ERROR_URIS, PROC_WATCH, WAMP_SUBPROTOCOLS } from '../protocol/uris.js';
 import { VERSION } from '../protocol/version.js';
 import { redactUrl } from '../support/logger.js';
 import { DeadlineError, withDeadline } from '../support/deadline.js';
-import { connectedNode, createNodeRedis, createRedis, redisMode } from '../support/redis.js';
+import { connectedNode, createNodeRedis, createRedis, liveClusterNodes, redisMode } from '../support/redis.js';
 
 /**
  * `waymark doctor`: what an operator runs when "it does not push". Each check answers one
@@ -35,6 +36,12 @@ export interface CheckResult {
 export interface DoctorOptions {
   /** upper bound of each check. @default 3000 */
   timeoutMs?: number;
+  /**
+   * With a value above 0, a last check (`bumps`) watches Redis for this long (MONITOR) and says
+   * where the bumps published meanwhile went: bumps sent where Waymark does not listen (a
+   * framework's key prefix on the channel, a typo) are otherwise silent. @default 0 (off)
+   */
+  listenMs?: number;
   /** told about each result as soon as it is known, so a slow check shows what it waits for */
   onResult?: (result: CheckResult) => void;
 }
@@ -299,7 +306,9 @@ async function checkRedis(target: RedisTarget, channel: string, timeoutMs: numbe
     if (pub instanceof Cluster) {
       const info = String(await within(timeoutMs, 'CLUSTER INFO', pub.cluster('INFO')));
       const state = /cluster_state:(\w+)/.exec(info)?.[1] ?? 'unknown';
-      shown += ` (${pub.nodes('master').length} masters, ${pub.nodes('all').length} nodes, cluster_state ${state})`;
+      // CLUSTER NODES, not the client's pool, which learns of replicas lazily
+      const lines = String(await within(timeoutMs, 'CLUSTER NODES', pub.cluster('NODES'))).split('\n').filter((l) => l.trim() && !/fail|handshake|noaddr/.test(l.split(' ')[2] ?? ''));
+      shown += ` (${lines.filter((l) => /master/.test(l.split(' ')[2])).length} masters, ${lines.length} nodes, cluster_state ${state})`;
       if (state !== 'ok') throw new Error(`cluster_state is ${state}: some slots have no reachable master`);
     } else if (mode === 'sentinel') {
       shown += ` (master at ${connectedNode(pub) ?? 'unknown'})`;
@@ -361,6 +370,148 @@ async function checkApi(url: string, timeoutMs: number): Promise<CheckResult> {
   }
 }
 
+/**
+ * Redis MONITOR on a connection of its own for `ms`, handing each command's arguments to
+ * `onCommand`. Spoken directly (RESP: one `+<time> [<db> <client>] "arg" ...` line per command):
+ * ioredis' monitor() mistakes a busy server's first lines for replies ("Command queue state error").
+ */
+function monitorRedis(rawUrl: string, ms: number, timeoutMs: number, onCommand: (args: string[]) => void): Promise<void> {
+  const u = new URL(rawUrl);
+  const port = Number(u.port || 6379);
+  const host = u.hostname.replace(/^\[|\]$/g, '');
+  const socket = u.protocol === 'rediss:' ? tlsConnect({ host, port, servername: host }) : netConnect({ host, port });
+  const resp = (...args: string[]) => `*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join('')}`;
+  const password = decodeURIComponent(u.password);
+  const user = decodeURIComponent(u.username);
+  const db = u.pathname.slice(1);
+  return new Promise<void>((resolve, reject) => {
+    let buffered = '';
+    let monitoring = false;
+    let oks = 0;
+    const expected = (password ? 1 : 0) + (db ? 1 : 0) + 1;
+    let timer: NodeJS.Timeout | undefined = setTimeout(() => finish(new DeadlineError(`no answer to MONITOR within ${timeoutMs} ms`)), timeoutMs);
+    const finish = (err?: Error) => {
+      clearTimeout(timer);
+      timer = undefined;
+      socket.destroy();
+      if (err) reject(err); else resolve();
+    };
+    socket.on('error', (err) => finish(err));
+    socket.on('connect', () => {
+      socket.write((password ? resp('AUTH', ...(user ? [user, password] : [password])) : '') + (db ? resp('SELECT', db) : '') + resp('MONITOR'));
+    });
+    socket.setEncoding('utf8');
+    socket.on('data', (chunk: string) => {
+      buffered += chunk;
+      let nl: number;
+      while ((nl = buffered.indexOf('\r\n')) >= 0) {
+        const line = buffered.slice(0, nl);
+        buffered = buffered.slice(nl + 2);
+        if (line.startsWith('-')) return finish(new Error(line.slice(1)));
+        if (!line.startsWith('+')) continue;
+        if (!monitoring) {
+          // AUTH and SELECT answer +OK, and so does MONITOR: every later line is a command it saw
+          if (line !== '+OK') return finish(new Error(`unexpected answer ${line}`));
+          if (++oks === expected) {
+            monitoring = true;
+            clearTimeout(timer);
+            timer = setTimeout(() => finish(), ms);
+          }
+          continue;
+        }
+        const args = [...line.matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((m) => m[1].replace(/\\(x[0-9a-f]{2}|.)/gi, (_, e: string) => (
+          e.length === 3 ? String.fromCharCode(parseInt(e.slice(1), 16)) : ({ n: '\n', r: '\r', t: '\t', a: '\x07', b: '\b' } as Record<string, string>)[e] ?? e)));
+        onCommand(args);
+      }
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// bumps: where do the bumps published meanwhile go? (MONITOR for a while)
+// ---------------------------------------------------------------------------------------------
+
+/** A Redis command that delivers a bump, and the argument naming where it goes. */
+const DELIVERY: Record<string, 'channel' | 'stream'> = { publish: 'channel', spublish: 'channel', xadd: 'stream' };
+
+/**
+ * Watches every command Redis runs for `listenMs` (MONITOR: it costs Redis some throughput while
+ * it runs, so it is only done when asked) and counts PUBLISH/XADD by destination. Waymark hears
+ * only its own channel (or stream): one that ends with it under a prefix is the trap of clients
+ * that prefix every key and channel (Laravel's `laravel_database_`, a Rails/Django cache prefix).
+ */
+/**
+ * The URLs MONITOR must watch to see every bump: the one node; the master the sentinels name; or
+ * every node of a cluster (a PUBLISH shows only on the node a client sent it to; an XADD on its
+ * master, and again on the replicas, so those are left out for a stream). Each keeps the
+ * credentials and TLS of WAYMARK_REDIS_URL.
+ */
+async function monitorUrls(target: RedisTarget, mastersOnly: boolean, timeoutMs: number): Promise<string[]> {
+  const mode = redisMode(target);
+  if (mode === 'single') return [target.redisUrl];
+  const redis = createRedis(target, 'doctor monitor', { maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: timeoutMs, enableOfflineQueue: false });
+  redis.on('error', () => undefined);
+  try {
+    await within(timeoutMs, 'connection', redis.connect());
+    const nodes = redis instanceof Cluster
+      ? liveClusterNodes(String(await within(timeoutMs, 'CLUSTER NODES', redis.cluster('NODES'))), mastersOnly).map((n) => `${n.host}:${n.port}`)
+      : [connectedNode(redis)].filter((n): n is string => !!n);
+    return nodes.map((node) => {
+      const u = new URL(target.redisUrl);
+      u.host = node;
+      u.pathname = mode === 'cluster' ? '' : u.pathname;
+      return u.toString();
+    });
+  } finally {
+    redis.disconnect();
+  }
+}
+
+async function checkBumps(redis: RedisTarget, target: { channel: string; stream?: string }, listenMs: number, timeoutMs: number): Promise<CheckResult> {
+  const name = 'bumps';
+  const kind = target.stream ? 'stream' : 'channel';
+  const where = target.stream ?? target.channel;
+  const command = target.stream ? 'XADD' : 'PUBLISH';
+  const seen = new Map<string, number>();
+  try {
+    const urls = await monitorUrls(redis, !!target.stream, timeoutMs);
+    await Promise.all(urls.map((url) => monitorRedis(url, listenMs, timeoutMs, (args) => {
+      const op = String(args[0] ?? '').toLowerCase();
+      if (DELIVERY[op] !== kind || args[1] === undefined) return;
+      // Waymark's own liveness probes ({"probe": ...}) and other doctors' probe bumps are no backend's bumps
+      if (args.some((a, i) => i >= 2 && /^\{"probe":|"id":"doctor-/.test(a))) return;
+      seen.set(args[1], (seen.get(args[1]) ?? 0) + 1);
+    })));
+  } catch (err) {
+    const reason = err instanceof DeadlineError ? err.message : reasonOf(err);
+    return { name, status: 'fail', detail: `cannot watch Redis (${reason})${/NOPERM|unknown command/i.test(reason) ? ': MONITOR is not allowed for this user; try redis-cli MONITOR as an admin' : ''}` };
+  }
+  const hits = seen.get(where) ?? 0;
+  seen.delete(where);
+  const elsewhere = [...seen.entries()].sort((a, b) => b[1] - a[1]);
+  const near = elsewhere.filter(([dest]) => dest.includes(where) || /waymark/i.test(dest));
+  const list = (entries: Array<[string, number]>) => (entries.length
+    ? `; ${command} elsewhere: ${entries.slice(0, 5).map(([d, n]) => `${d} (${n})`).join(', ')}${entries.length > 5 ? ', ...' : ''}`
+    : '');
+  const others = list(elsewhere);
+  if (near.length > 0) {
+    const [dest, count] = near[0];
+    const at = dest.indexOf(where);
+    const prefix = at > 0 ? dest.slice(0, at) : '';
+    const setting = `WAYMARK_BUMP_${target.stream ? 'STREAM' : 'CHANNEL'}`;
+    const hint = prefix
+      ? `a client prefixes the ${kind} name with ${JSON.stringify(prefix)}${/laravel/i.test(prefix) ? " (Laravel's Redis prefix)" : ''}: publish on a connection without the prefix, or set ${setting}=${dest}`
+      : `Waymark listens on ${where}: publish there, or set ${setting}`;
+    return { name, status: 'fail', detail: `in ${listenMs} ms: ${hits} bump(s) on ${where}, but ${count} ${command} on ${dest}, which no Waymark hears; ${hint}${list(elsewhere.filter(([d]) => d !== dest))}` };
+  }
+  if (hits > 0) return { name, status: 'ok', detail: `in ${listenMs} ms: ${hits} bump(s) ${target.stream ? 'added to stream' : 'published on'} ${where}${others}` };
+  // Not proven wrong (the app may simply not have changed anything), so not a failure.
+  return {
+    name, status: 'skip',
+    detail: `in ${listenMs} ms: no bump on ${where}${others || ` (no ${command} at all)`}: change something in your app while this runs; its backend should ${command} on ${where}`,
+  };
+}
+
 /** Run every check, reporting each as it completes. Resolves with all results in order. */
 export async function runDoctor(config: WaymarkConfig, opts: DoctorOptions = {}): Promise<CheckResult[]> {
   const timeoutMs = opts.timeoutMs ?? 3_000;
@@ -379,6 +530,7 @@ export async function runDoctor(config: WaymarkConfig, opts: DoctorOptions = {})
     report(await checkApi(config.apiUrl, timeoutMs));
     if (typeof session === 'string') report({ name: 'waymark.watch', status: 'skip', detail: `not checked: ${session}` });
     else report(await checkWatch(session, timeoutMs));
+    if ((opts.listenMs ?? 0) > 0) report(await checkBumps(redisTarget(config), { channel: config.bumpChannel, stream: config.bumpStream }, opts.listenMs!, timeoutMs));
   } finally {
     if (typeof session !== 'string') session.close();
   }

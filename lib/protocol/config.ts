@@ -2,7 +2,7 @@ import { ConfigError } from './errors.js';
 
 /** Request headers Waymark sets itself: a client can never supply them (contract section 2). */
 export const RESERVED_REQUEST_HEADERS: readonly string[] = [
-  'host', 'x-waymark', 'user-agent', 'content-length', 'transfer-encoding', 'connection',
+  'host', 'x-waymark', 'user-agent', 'content-length', 'transfer-encoding', 'connection', 'accept-encoding',
 ];
 
 /** Hop-by-hop headers (RFC 9110 7.6.1) and set-cookie never reach a browser. */
@@ -163,14 +163,9 @@ export function parseNodeAddress(node: string): { host: string; port: number } {
 /** Read and check the Redis settings; each problem goes to `bad` (setting, message). */
 function readRedisTarget(env: Env, bad: (name: string, msg: string) => void): RedisTarget {
   const redisUrl = env.WAYMARK_REDIS_URL?.trim() || DEFAULTS.redisUrl;
-  let db = '';
-  try {
-    const u = new URL(redisUrl);
-    if (u.protocol !== 'redis:' && u.protocol !== 'rediss:') bad('WAYMARK_REDIS_URL', `must be a redis:// or rediss:// URL, got ${u.protocol}`);
-    db = u.pathname.replace(/^\//, '');
-  } catch {
-    bad('WAYMARK_REDIS_URL', 'must be a redis:// or rediss:// URL');
-  }
+  const redisProblem = redisUrlProblem(redisUrl);
+  if (redisProblem) bad('WAYMARK_REDIS_URL', redisProblem);
+  const db = redisProblem ? '' : new URL(redisUrl).pathname.replace(/^\//, '');
   const nodes = (name: string): string[] | undefined => {
     const raw = env[name]?.trim();
     if (!raw) return undefined;
@@ -224,6 +219,38 @@ export function loadBumpTarget(env: Env): BumpTarget {
 }
 
 /**
+ * Only where a browser joins, for `waymark watch`: WAYMARK_ROUTER_URL and WAYMARK_REALM, checked
+ * as `loadConfig` checks them.
+ */
+export function loadRouterTarget(env: Env): Pick<WaymarkConfig, 'routerUrl' | 'realm'> {
+  const routerUrl = env.WAYMARK_ROUTER_URL?.trim() || DEFAULTS.routerUrl;
+  const problem = wsUrlProblem(routerUrl);
+  if (problem) throw new ConfigError('WAYMARK_ROUTER_URL', problem);
+  return { routerUrl, realm: env.WAYMARK_REALM?.trim() || DEFAULTS.realm };
+}
+
+function wsUrlProblem(v: string): string | undefined {
+  try {
+    const u = new URL(v);
+    if (u.protocol !== 'ws:' && u.protocol !== 'wss:') return `must be a ws:// or wss:// URL, got ${v}`;
+  } catch {
+    return `must be a ws:// or wss:// URL, got ${JSON.stringify(v)}`;
+  }
+  return undefined;
+}
+
+function redisUrlProblem(v: string): string | undefined {
+  try {
+    const u = new URL(v);
+    if (u.protocol !== 'redis:' && u.protocol !== 'rediss:') return `must be a redis:// or rediss:// URL, got ${u.protocol}`;
+  } catch {
+    // not quoted: a mistyped URL may still carry the password
+    return 'must be a redis:// or rediss:// URL, e.g. redis://127.0.0.1:6379';
+  }
+  return undefined;
+}
+
+/**
  * Parse the WAYMARK_* environment. Every problem is collected, then reported together in one
  * ConfigError naming the first bad setting, so an operator fixes them in one round.
  */
@@ -264,12 +291,8 @@ export function loadConfig(env: Env): WaymarkConfig {
   };
   const wsUrl = (name: string, def: string): string => {
     const v = str(name, def);
-    try {
-      const u = new URL(v);
-      if (u.protocol !== 'ws:' && u.protocol !== 'wss:') bad(name, `must be a ws:// or wss:// URL, got ${v}`);
-    } catch {
-      bad(name, `must be a ws:// or wss:// URL, got ${JSON.stringify(v)}`);
-    }
+    const problem = wsUrlProblem(v);
+    if (problem) bad(name, problem);
     return v;
   };
 

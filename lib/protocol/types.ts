@@ -27,7 +27,13 @@ export interface Validators {
   lastModified?: string;
 }
 
-export type FetchErrorCode = 'timeout' | 'unreachable' | 'too_large';
+/**
+ * Why a fetch gave no usable body. `timeout` and `unreachable`: no response (the API looks down);
+ * `too_large`: a body over WAYMARK_MAX_BODY_BYTES, received or decoded; `invalid_response`
+ * (an extension of contract section 3): the API answered bytes that are not a readable HTTP
+ * response (head too large or malformed, bad chunked framing, a corrupt content coding).
+ */
+export type FetchErrorCode = 'timeout' | 'unreachable' | 'too_large' | 'invalid_response';
 
 export interface FetchResult {
   status: number;

@@ -1,5 +1,6 @@
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
 import { parseNodeAddress, type RedisTarget } from '../protocol/config.js';
+import { redactUrl } from './logger.js';
 
 /**
  * The one place Redis clients are built (contract section 13), so no part can stay single-node
@@ -16,6 +17,17 @@ export function redisMode(target: RedisTarget): RedisMode {
   if (target.redisClusterNodes?.length) return 'cluster';
   if (target.redisSentinels?.length) return 'sentinel';
   return 'single';
+}
+
+/**
+ * Which Redis, in words, never with the password: the URL (single), the seed nodes (cluster) or
+ * the master set and its sentinels.
+ */
+export function describeRedis(target: RedisTarget): string {
+  const mode = redisMode(target);
+  if (mode === 'cluster') return `cluster via ${target.redisClusterNodes!.join(',')}`;
+  if (mode === 'sentinel') return `sentinel master set ${target.redisSentinelName} via ${target.redisSentinels!.join(',')}`;
+  return redactUrl(target.redisUrl);
 }
 
 /** Who a connection is for; it names the connection in CLIENT LIST (`connectionName`). */
@@ -121,12 +133,12 @@ export function createNodeRedis(target: RedisTarget, role: string, opts: RedisCo
   return redis;
 }
 
-/** host and port of each node of `CLUSTER NODES` that is neither failed nor without an address */
-export function liveClusterNodes(text: string): Array<{ host: string; port: number }> {
+/** host and port of each node (or master) of `CLUSTER NODES` that is neither failed nor without an address */
+export function liveClusterNodes(text: string, mastersOnly = false): Array<{ host: string; port: number }> {
   const out: Array<{ host: string; port: number }> = [];
   for (const line of text.split('\n')) {
     const [, address, flags] = line.trim().split(' ');
-    if (!address || !flags || /fail|handshake|noaddr/.test(flags)) continue;
+    if (!address || !flags || /fail|handshake|noaddr/.test(flags) || (mastersOnly && !/master/.test(flags))) continue;
     const hostPort = address.split('@')[0].split(',')[0];
     const i = hostPort.lastIndexOf(':');
     const host = hostPort.slice(0, i);
@@ -151,6 +163,8 @@ function createNode(target: RedisTarget, opts: RedisConnectionOptions & { connec
       ...(auth.tls ? { enableTLSForSentinelMode: true, sentinelTLS: {} } : {}),
       // A sentinel that does not answer must not hold up trying the next one.
       sentinelCommandTimeout: 1_000,
+      // Asking the sentinels again follows the same backoff, and gives up when it does.
+      ...(opts.retryStrategy ? { sentinelRetryStrategy: opts.retryStrategy } : {}),
       reconnectOnError: readonlyReconnect,
     });
     // quit() ends the client without closing the failover detector's sentinel connections, which
