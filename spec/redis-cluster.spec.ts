@@ -30,7 +30,7 @@ describe('Redis Cluster', function () {
   const clusterEnv = () => ({ WAYMARK_REDIS_URL: redisUrl, WAYMARK_REDIS_CLUSTER_NODES: cluster.seeds.join(',') });
   const start = async (n: number, env: Record<string, string> = {}) => {
     for (let i = 0; i < n; i += 1) {
-      instances.push(await startWaymark(api.url, { WAYMARK_BUMP_CHANNEL: channel, ...clusterEnv(), WAYMARK_REDIS_PROBE_MS: '1000', ...env }));
+      instances.push(await startWaymark(api.url, { WAYMARK_BUMP_CHANNEL: channel, ...clusterEnv(), WAYMARK_REDIS_PROBE_MS: '1000', WAYMARK_REDIS_RECONNECT_MAX_MS: '500', ...env }));
     }
   };
 

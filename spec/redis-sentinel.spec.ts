@@ -27,7 +27,7 @@ describe('Redis Sentinel', function () {
 
   const start = async (n: number, env: Record<string, string> = {}) => {
     for (let i = 0; i < n; i += 1) {
-      instances.push(await startWaymark(api.url, { WAYMARK_BUMP_CHANNEL: channel, ...sentinelEnv(), WAYMARK_REDIS_PROBE_MS: '1000', ...env }));
+      instances.push(await startWaymark(api.url, { WAYMARK_BUMP_CHANNEL: channel, ...sentinelEnv(), WAYMARK_REDIS_PROBE_MS: '1000', WAYMARK_REDIS_RECONNECT_MAX_MS: '500', ...env }));
     }
   };
 

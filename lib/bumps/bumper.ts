@@ -87,7 +87,7 @@ export function createBumper(opts: BumperOptions = {}): Bumper {
     },
     close() {
       // QUIT is not answered by a Redis never reached: a bounded wait, then the socket is closed.
-      closing ??= own ? waitAtMost(redis.quit(), 1_000).finally(() => redis.disconnect()) : Promise.resolve();
+      closing ??= own ? waitAtMost(redis.quit().catch(() => undefined), 1_000).finally(() => redis.disconnect()) : Promise.resolve();
       return closing;
     },
   };

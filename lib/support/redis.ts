@@ -157,9 +157,9 @@ function createNode(target: RedisTarget, opts: RedisConnectionOptions & { connec
       sentinels: target.redisSentinels!.map(parseNodeAddress),
       name: target.redisSentinelName!,
       role: 'master',
-      // Sentinels hear of a promotion first: reconnect to the new master without waiting for the
-      // old one to time out.
-      failoverDetector: true,
+      // No failover detector: its disconnect, landing while a reconnect asks the sentinels, ends
+      // the client for good (ioredis 6). A killed master is noticed by its closed connection, a
+      // demoted one by READONLY (below); either way the reconnect asks the sentinels again.
       ...(auth.tls ? { enableTLSForSentinelMode: true, sentinelTLS: {} } : {}),
       // A sentinel that does not answer must not hold up trying the next one.
       sentinelCommandTimeout: 1_000,
@@ -167,12 +167,28 @@ function createNode(target: RedisTarget, opts: RedisConnectionOptions & { connec
       ...(opts.retryStrategy ? { sentinelRetryStrategy: opts.retryStrategy } : {}),
       reconnectOnError: readonlyReconnect,
     });
-    // quit() ends the client without closing the failover detector's sentinel connections, which
-    // would then reconnect forever (ioredis 6): disconnect() closes them.
-    redis.once('end', () => redis.disconnect());
+    keepConnecting(redis, opts.retryStrategy);
     return redis;
   }
   return new Redis(target.redisUrl, opts);
+}
+
+/**
+ * ioredis ends a client for good when its connector fails rather than its socket (a sentinel
+ * connector whose connect is cut short). A client meant to reconnect forever is started again;
+ * one closed by its owner (quit, disconnect) or whose retryStrategy gives up stays ended.
+ */
+function keepConnecting(redis: Redis, retryStrategy?: (times: number) => number | null): void {
+  const delay = retryStrategy ? retryStrategy(1) : 100;
+  if (delay === null) return;
+  let closedByOwner = false;
+  const quit = redis.quit.bind(redis);
+  const disconnect = redis.disconnect.bind(redis);
+  redis.quit = ((...args: Parameters<Redis['quit']>) => { closedByOwner = true; return quit(...args); }) as Redis['quit'];
+  redis.disconnect = (reconnect = false) => { if (!reconnect) closedByOwner = true; disconnect(reconnect); };
+  redis.on('end', () => {
+    if (!closedByOwner) setTimeout(() => { if (!closedByOwner && redis.status === 'end') redis.connect().catch(() => undefined); }, delay).unref();
+  });
 }
 
 /** `host:port` of the node a one-node client is connected to, for logs and `waymark doctor`. */
