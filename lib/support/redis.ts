@@ -70,8 +70,8 @@ const readonlyReconnect = (err: Error) => /^READONLY/.test(err.message);
 /**
  * A client for commands: `new Redis(url)` on one node, `new Cluster(nodes)` on Redis Cluster
  * (slots followed through MOVED and failovers), or a Redis whose every (re)connect asks the
- * sentinels for the current master (with ioredis' failover detector, so a promotion is acted on
- * at once).
+ * sentinels for the current master. `role` names the connection (`waymark-<role>`) unless
+ * `opts.connectionName` does. Nothing connects before `connect()` or a first command.
  */
 export function createRedis(target: RedisTarget, role: string, opts: RedisConnectionOptions = {}): RedisClient {
   const mode = redisMode(target);
