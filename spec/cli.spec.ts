@@ -151,6 +151,21 @@ describe('command line', function () {
     }
   });
 
+  it('bump exits 1 at once naming the cluster or the sentinels when none answers', async function () {
+    const port = await freePort();
+    for (const [env, message] of [
+      [{ WAYMARK_REDIS_CLUSTER_NODES: `127.0.0.1:${port}` }, `Redis is unreachable at cluster via 127.0.0.1:${port}: .* \\(check WAYMARK_REDIS_CLUSTER_NODES\\)`],
+      [{ WAYMARK_REDIS_SENTINELS: `127.0.0.1:${port}`, WAYMARK_REDIS_SENTINEL_NAME: 'm' }, `Redis is unreachable at sentinel master set m via 127.0.0.1:${port}: .* \\(check WAYMARK_REDIS_SENTINELS\\)`],
+    ] as Array<[Record<string, string>, string]>) {
+      const t0 = Date.now();
+      const p = run(['bump', '/users/1'], cleanEnv(env));
+      expect(await p.exited, p.stderr).to.equal(1);
+      expect(p.stderr.trim().split('\n')).to.have.length(1);
+      expect(p.stderr).to.match(new RegExp(`^waymark bump: ${message}`));
+      expect(Date.now() - t0).to.be.below(5_000);
+    }
+  });
+
   it('serve exits 2 naming WAYMARK_ADMIN_PORT when that port is taken', async function () {
     const blocker: Server = createServer();
     await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));

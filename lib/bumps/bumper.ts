@@ -57,7 +57,11 @@ export function createBumperRedis(opts: Omit<BumperOptions, 'redis'>): RedisClie
   const { redisClusterNodes, redisSentinels, redisSentinelName } = opts;
   if (redisClusterNodes && redisSentinels) throw new TypeError('createBumper: redisClusterNodes and redisSentinels exclude each other');
   if (redisSentinels && !redisSentinelName) throw new TypeError('createBumper: redisSentinels needs redisSentinelName');
-  return createRedis(redisTarget({ redisUrl: opts.redisUrl ?? DEFAULTS.redisUrl, redisClusterNodes, redisSentinels, redisSentinelName }), 'bumper', { maxRetriesPerRequest: 1 });
+  const redis = createRedis(redisTarget({ redisUrl: opts.redisUrl ?? DEFAULTS.redisUrl, redisClusterNodes, redisSentinels, redisSentinelName }), 'bumper', { maxRetriesPerRequest: 1 });
+  // Each failed bump() rejects with its error; without a listener ioredis would also print every
+  // reconnect attempt ("Unhandled error event") into the backend's output, a failover's worth.
+  redis.on('error', () => undefined);
+  return redis;
 }
 
 /** The Node helper for backends: `await createBumper().bump('/users/1')`. */
