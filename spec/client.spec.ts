@@ -83,14 +83,15 @@ describe('waymark/client', function () {
     await waitFor('the update from the new instance', () => got.length === 1);
   });
 
-  it('drops an Update older than the newest one seen', async function () {
+  it('hands over Updates in the order received, whatever their fetchedAt, and only its own watch\'s', async function () {
     client = await connectWaymark({ url: testEnv.routerUrl, realm: testEnv.realm });
     const got: ClientUpdate[] = [];
     const w = await client.watch('/o', { token: 't', snapshot: true }, (u) => got.push(u));
     const internal = client as unknown as { onUpdate(u: unknown): void };
-    internal.onUpdate({ ...got[0], fetchedAt: got[0].fetchedAt - 1000, body: 'stale' });
+    internal.onUpdate({ ...got[0], fetchedAt: got[0].fetchedAt - 1000, body: 'stamped earlier' });
     internal.onUpdate({ ...got[0], watch: 'wSomebodyElse', fetchedAt: got[0].fetchedAt + 1000 });
-    expect(got).to.have.length(1);
+    internal.onUpdate({ ...got[0], path: '/not-o', fetchedAt: got[0].fetchedAt + 1000 });
+    expect(got.map((u) => u.body).slice(1)).to.deep.equal(['stamped earlier']);
     expect(w.id).to.equal(got[0].watch);
   });
 

@@ -1,10 +1,9 @@
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { MAX_BUMP_MESSAGE_BYTES, parseBumpMessage } from './bump-source.js';
-import { Redis } from 'ioredis';
-import { createBumper, type Bumper, type BumperOptions } from './bumper.js';
+import { createBumper, createBumperRedis, type Bumper, type BumperOptions } from './bumper.js';
 import { withDeadline } from '../support/deadline.js';
-import { DEFAULTS } from '../protocol/config.js';
+import type { RedisClient } from '../support/redis.js';
 import type { Logger } from '../support/logger.js';
 import { RateLimitedLog } from '../support/rate-limited-log.js';
 
@@ -51,7 +50,7 @@ export class BumpEndpoint {
   private readonly expected: Buffer;
   private readonly warnings: RateLimitedLog;
   private readonly publishTimeoutMs: number;
-  private redis?: Redis;
+  private redis?: RedisClient;
   private bumper?: Bumper;
   private closing?: Promise<void>;
 
@@ -134,9 +133,8 @@ export class BumpEndpoint {
 
   private publisher(): Bumper {
     if (!this.bumper) {
-      const { redisUrl } = this.opts.bumper;
       // Our own connection, so its errors are logged (rate-limited) instead of printed by ioredis.
-      this.redis = new Redis(redisUrl ?? DEFAULTS.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 });
+      this.redis = createBumperRedis(this.opts.bumper);
       this.redis.on('error', (err: Error) => this.warnings.warn('bump-redis-error', 'POST /bump: redis connection error', { error: err.message }));
       this.bumper = createBumper({ ...this.opts.bumper, redis: this.redis });
     }

@@ -1,8 +1,10 @@
 import { randomUUID } from 'node:crypto';
-import { Redis } from 'ioredis';
+import { ReplyError, type Redis } from 'ioredis';
 import { waitAtMost } from '../support/deadline.js';
+import { createNodeRedis, createRedis, redisMode, type RedisClient } from '../support/redis.js';
 import type { Logger } from '../support/logger.js';
 import { RateLimitedLog } from '../support/rate-limited-log.js';
+import type { RedisTarget } from '../protocol/config.js';
 import type { Bump } from '../protocol/types.js';
 import { isValidTag, MAX_TAG_LENGTH, parseTraceparent, validatePath } from '../protocol/validation.js';
 
@@ -116,8 +118,8 @@ export function parseBumpMessage(message: unknown, maxPathBytes: number): Parsed
   };
 }
 
-export interface RedisBumpSourceOptions {
-  redisUrl: string;
+/** Redis in any mode of contract section 13 (`redisUrl`, or cluster nodes, or sentinels). */
+export interface RedisBumpSourceOptions extends RedisTarget {
   channel: string;
   maxPathBytes: number;
   logger: Logger;
@@ -154,6 +156,11 @@ const CURSOR_TTL_SECONDS = 7 * 24 * 3600;
 /** Entries one XREAD returns at most: a backlog after an outage is read in slices. */
 const STREAM_BATCH = 1_000;
 
+/** A reply about the command itself (WRONGTYPE, say), not about reaching the node that owns the key. */
+function isCommandError(err: unknown): boolean {
+  return err instanceof ReplyError && !/^(CLUSTERDOWN|TRYAGAIN|MOVED|ASK|READONLY|MASTERDOWN|LOADING)\b/.test((err as Error).message);
+}
+
 /** Compare two stream ids (`<ms>-<seq>`) numerically. */
 export function compareStreamIds(a: string, b: string): number {
   const [am, as = '0'] = a.split('-');
@@ -178,7 +185,7 @@ abstract class RedisSource implements BumpSource {
   protected everUp = false;
   private watchdog?: NodeJS.Timeout;
   /** the primary connection (subscriber, stream reader) is the one whose state is `up` */
-  private readonly connections: Array<{ redis: Redis; role: string; since: number; primary: boolean }> = [];
+  private readonly connections: Array<{ redis: RedisClient; role: string; since: number; primary: boolean }> = [];
   private stopping?: Promise<void>;
   /** names this source's connections in CLIENT LIST: `waymark-<role>-<uid>` */
   protected readonly uid = randomUUID().slice(0, 8);
@@ -193,11 +200,15 @@ abstract class RedisSource implements BumpSource {
   protected abstract tick(now: number): void;
   protected abstract close(): Promise<void>;
 
-  /** A connection that reconnects forever with capped backoff and never queues commands offline. */
-  protected connection(role: string, primary: boolean): Redis {
+  /**
+   * A connection that reconnects forever with capped backoff and never queues commands offline.
+   * `oneNode`: a single connection even on a cluster (a subscriber), else a cluster client there.
+   */
+  protected connection(role: string, primary: boolean, oneNode: true): Redis;
+  protected connection(role: string, primary: boolean, oneNode?: false): RedisClient;
+  protected connection(role: string, primary: boolean, oneNode = false): RedisClient {
     const cap = this.base.reconnectMaxMs ?? 5_000;
-    const redis = new Redis(this.base.redisUrl, {
-      lazyConnect: true,
+    const redis = (oneNode ? createNodeRedis : createRedis)(this.base, role, {
       connectionName: `waymark-${role.replace(/ /g, '-')}-${this.uid}`,
       // Commands fail at once while disconnected, and in-flight ones fail on close instead of
       // being resent: the owner decides what to do again after a reconnect.
@@ -321,7 +332,7 @@ abstract class RedisSource implements BumpSource {
  */
 export class RedisBumpSource extends RedisSource {
   private sub?: Redis;
-  private pub?: Redis;
+  private pub?: RedisClient;
   /** bumped on every close, so a subscribe answered for an old connection is ignored */
   private generation = 0;
   private probe?: { token: string; sentAt: number };
@@ -334,7 +345,7 @@ export class RedisBumpSource extends RedisSource {
   async start(onBump: (bump: Bump) => void): Promise<void> {
     if (this.sub) return;
     const { channel } = this.opts;
-    const sub = this.connection('subscriber', true);
+    const sub = this.connection('subscriber', true, true);
     this.sub = sub;
     let first: Promise<boolean> | undefined;
     sub.on('ready', () => { first ??= this.subscribe(sub); if (this.everUp) void this.subscribe(sub); });
@@ -412,15 +423,18 @@ export class RedisBumpSource extends RedisSource {
  * nor fails within block + probeMs means a silent connection: it is forced to reconnect.
  */
 export class RedisStreamBumpSource extends RedisSource {
-  private reader?: Redis;
+  private reader?: RedisClient;
   private cursor = '0-0';
   private loop?: Promise<void>;
   private wake?: () => void;
   private readonly key: string;
+  /** cluster or sentinel: a reconnect may follow a failover */
+  private readonly highlyAvailable: boolean;
 
   constructor(private readonly opts: RedisStreamBumpSourceOptions) {
     super(opts);
     this.key = streamCursorKey(opts.stream, opts.reader);
+    this.highlyAvailable = redisMode(opts) !== 'single';
   }
 
   /** The last stream id handled. */
@@ -461,7 +475,7 @@ export class RedisStreamBumpSource extends RedisSource {
     this.loop = this.read(reader, onBump);
   }
 
-  private async read(reader: Redis, onBump: (bump: Bump) => void): Promise<void> {
+  private async read(reader: RedisClient, onBump: (bump: Bump) => void): Promise<void> {
     const { stream } = this.opts;
     while (!this.stopped) {
       if (reader.status !== 'ready') {
@@ -475,6 +489,9 @@ export class RedisStreamBumpSource extends RedisSource {
           const trimmed = await this.catchUp(reader);
           this.setUp(true, { stream, from: this.cursor });
           if (trimmed) this.resync('trimmed');
+          // Replication is asynchronous: entries the old master acknowledged but never passed on
+          // are gone after a failover, and nothing in the stream says so.
+          else if (this.highlyAvailable) this.resync('reconnected; a failover may have lost unreplicated entries');
         }
         const reply = await this.xread(reader);
         if (!reply) continue;
@@ -494,7 +511,12 @@ export class RedisStreamBumpSource extends RedisSource {
         await this.deadline(reader, 'SET', reader.set(this.key, this.cursor, 'EX', CURSOR_TTL_SECONDS));
       } catch (err) {
         if (this.stopped) break;
-        if (reader.status === 'ready') {
+        if (this.highlyAvailable && reader.status === 'ready' && !isCommandError(err)) {
+          // A cluster client stays 'ready' while one of its nodes fails over: its failed reads
+          // are the outage.
+          this.setUp(false, { stream, error: (err as Error).message });
+          await new Promise((r) => setTimeout(r, 100));
+        } else if (reader.status === 'ready') {
           // Not a connection problem (a wrong key type, say): do not spin on it.
           this.warnings.warn('stream-read', 'reading the bump stream failed', { error: (err as Error).message });
           await new Promise((r) => setTimeout(r, 1_000));
@@ -504,12 +526,12 @@ export class RedisStreamBumpSource extends RedisSource {
   }
 
   /** A command that must not hang on a silent connection: past the deadline, reconnect. */
-  private deadline<T>(reader: Redis, what: string, p: Promise<T>): Promise<T> {
+  private deadline<T>(reader: RedisClient, what: string, p: Promise<T>): Promise<T> {
     if (this.probeMs <= 0) return p;
     return this.guard(reader, 2 * this.probeMs, 'redis command not answered; reconnecting', { command: what }, p);
   }
 
-  private xread(reader: Redis): Promise<Array<[string, Array<[string, string[]]>]> | null> {
+  private xread(reader: RedisClient): Promise<Array<[string, Array<[string, string[]]>]> | null> {
     const block = this.blockMs;
     const read = reader.xread('COUNT', STREAM_BATCH, 'BLOCK', block, 'STREAMS', this.opts.stream, this.cursor) as
       Promise<Array<[string, Array<[string, string[]]>]> | null>;
@@ -518,7 +540,7 @@ export class RedisStreamBumpSource extends RedisSource {
   }
 
   /** `p`, but past `ms` the connection is taken for silent: warn and reconnect, which fails `p`. */
-  private async guard<T>(reader: Redis, ms: number, message: string, meta: Record<string, unknown>, p: Promise<T>): Promise<T> {
+  private async guard<T>(reader: RedisClient, ms: number, message: string, meta: Record<string, unknown>, p: Promise<T>): Promise<T> {
     const timer = setTimeout(() => {
       this.logger.warn(message, { ...meta, waitedMs: ms });
       reader.disconnect(true);
@@ -531,7 +553,7 @@ export class RedisStreamBumpSource extends RedisSource {
   }
 
   /** `XINFO STREAM`, or undefined when the stream does not exist (yet). */
-  private async streamInfo(reader: Redis): Promise<{ lastGenerated: string; maxDeleted?: string; first?: string; deleted?: number } | undefined> {
+  private async streamInfo(reader: RedisClient): Promise<{ lastGenerated: string; maxDeleted?: string; first?: string; deleted?: number } | undefined> {
     let raw: unknown[];
     try {
       raw = await this.deadline(reader, 'XINFO', reader.call('XINFO', 'STREAM', this.opts.stream)) as unknown[];
@@ -557,7 +579,7 @@ export class RedisStreamBumpSource extends RedisSource {
    * refetch that follows covers everything up to now, so the cursor moves to the stream's end
    * (and is saved): a later restart does not refetch again for the same gap.
    */
-  private async catchUp(reader: Redis): Promise<boolean> {
+  private async catchUp(reader: RedisClient): Promise<boolean> {
     const info = await this.streamInfo(reader);
     if (!this.trimmedPastCursor(info)) return false;
     if (info && compareStreamIds(info.lastGenerated, this.cursor) > 0) {

@@ -1,17 +1,36 @@
-import { Redis } from 'ioredis';
-import { DEFAULTS, type BumpTarget } from '../protocol/config.js';
+import { DEFAULTS, redisTarget, type BumpTarget } from '../protocol/config.js';
+import { waitAtMost, withDeadline } from '../support/deadline.js';
+import { createRedis, type RedisClient } from '../support/redis.js';
 
 export interface BumperOptions {
-  /** @default 'redis://127.0.0.1:6379' */
+  /**
+   * Redis; with redisClusterNodes or redisSentinels only its username, password and TLS
+   * (`rediss:`) are used. @default 'redis://127.0.0.1:6379' (WAYMARK_REDIS_URL)
+   */
   redisUrl?: string;
+  /**
+   * Redis Cluster: some of its nodes as `host:port` (the rest are discovered), e.g.
+   * `['10.0.0.1:7000', '10.0.0.2:7000']` (WAYMARK_REDIS_CLUSTER_NODES). A PUBLISH on any node
+   * reaches every subscriber; an XADD goes to the stream's master.
+   */
+  redisClusterNodes?: string[];
+  /** Sentinels as `host:port`, with redisSentinelName (WAYMARK_REDIS_SENTINELS) */
+  redisSentinels?: string[];
+  /** the master set the sentinels monitor, e.g. `'mymaster'` (WAYMARK_REDIS_SENTINEL_NAME) */
+  redisSentinelName?: string;
   /** @default 'waymark:bumps' */
   channel?: string;
-  /** an existing ioredis client to publish on (not closed by close()) */
-  redis?: Redis;
+  /** an existing ioredis client (Redis or Cluster) to publish on (not closed by close()) */
+  redis?: RedisClient;
   /** stream mode (`WAYMARK_BUMP_STREAM`): XADD to this stream instead of PUBLISH on the channel */
   stream?: string;
   /** approximate length the stream is trimmed to on every XADD. @default 100000 */
   streamMaxLen?: number;
+  /**
+   * Milliseconds bump() waits for Redis before it rejects with a DeadlineError (a cluster or
+   * sentinel client would otherwise hold a bump while it keeps looking for a node). @default 10000
+   */
+  timeoutMs?: number;
 }
 
 /** What one bump names (contract 4 and 11): any mix, at least one entry, 1,000 entries at most. */
@@ -45,16 +64,28 @@ export interface Bumper {
 /** createBumper's options for a configuration: its channel or, in stream mode, its stream. */
 export function bumperOptions(target: BumpTarget): BumperOptions {
   return {
-    redisUrl: target.redisUrl,
+    ...redisTarget(target),
     channel: target.bumpChannel,
     ...(target.bumpStream ? { stream: target.bumpStream, ...(target.bumpStreamMaxLen !== undefined ? { streamMaxLen: target.bumpStreamMaxLen } : {}) } : {}),
   };
 }
 
+/** The connection createBumper opens when given none. */
+export function createBumperRedis(opts: Omit<BumperOptions, 'redis'>): RedisClient {
+  const { redisClusterNodes, redisSentinels, redisSentinelName } = opts;
+  if (redisClusterNodes && redisSentinels) throw new TypeError('createBumper: redisClusterNodes and redisSentinels exclude each other');
+  if (redisSentinels && !redisSentinelName) throw new TypeError('createBumper: redisSentinels needs redisSentinelName');
+  const redis = createRedis(redisTarget({ redisUrl: opts.redisUrl ?? DEFAULTS.redisUrl, redisClusterNodes, redisSentinels, redisSentinelName }), 'bumper', { maxRetriesPerRequest: 1 });
+  // Each failed bump() rejects with its error; without a listener ioredis would also print every
+  // reconnect attempt ("Unhandled error event") into the backend's output, a failover's worth.
+  redis.on('error', () => undefined);
+  return redis;
+}
+
 /** The Node helper for backends: `await createBumper().bump('/users/1')`. */
 export function createBumper(opts: BumperOptions = {}): Bumper {
   const own = !opts.redis;
-  const redis = opts.redis ?? new Redis(opts.redisUrl ?? DEFAULTS.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 });
+  const redis = opts.redis ?? createBumperRedis(opts);
   const channel = opts.channel ?? DEFAULTS.bumpChannel;
   let closing: Promise<void> | undefined;
   return {
@@ -75,15 +106,18 @@ export function createBumper(opts: BumperOptions = {}): Bumper {
         : JSON.stringify(paths.length === 1 && prefixes.length + tags.length === 0
           ? { path: paths[0], ...extra }
           : { ...(paths.length ? { paths } : {}), ...(prefixes.length ? { prefixes } : {}), ...(tags.length ? { tags } : {}), ...extra });
+      const timeoutMs = opts.timeoutMs ?? 10_000;
+      const within = <T>(work: Promise<T>) => withDeadline(work, timeoutMs, `no answer from Redis within ${timeoutMs} ms`);
       if (opts.stream) {
         // The same three message forms, in the `bump` field of one entry; MAXLEN ~ keeps it bounded.
-        await redis.xadd(opts.stream, 'MAXLEN', '~', opts.streamMaxLen ?? DEFAULTS.bumpStreamMaxLen, '*', 'bump', message);
+        await within(redis.xadd(opts.stream, 'MAXLEN', '~', opts.streamMaxLen ?? DEFAULTS.bumpStreamMaxLen, '*', 'bump', message));
         return 1;
       }
-      return redis.publish(channel, message);
+      return within(redis.publish(channel, message));
     },
     close() {
-      closing ??= own ? redis.quit().then(() => undefined, () => redis.disconnect()) : Promise.resolve();
+      // QUIT is not answered by a Redis never reached: a bounded wait, then the socket is closed.
+      closing ??= own ? waitAtMost(redis.quit().catch(() => undefined), 1_000).finally(() => redis.disconnect()) : Promise.resolve();
       return closing;
     },
   };

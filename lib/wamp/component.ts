@@ -8,7 +8,8 @@ import { BumpEndpoint } from '../bumps/bump-endpoint.js';
 import { bumperOptions } from '../bumps/bumper.js';
 import { RedisBumpSource, RedisStreamBumpSource, type BumpSource, type RedisBumpSourceOptions } from '../bumps/bump-source.js';
 import { CircuitBreakerFetcher } from '../engine/circuit-breaker.js';
-import type { WaymarkConfig } from '../protocol/config.js';
+import { redisTarget, type WaymarkConfig } from '../protocol/config.js';
+import { redisMode } from '../support/redis.js';
 import { waitAtMost, withDeadline } from '../support/deadline.js';
 import { Dispatcher } from '../engine/dispatcher.js';
 import { Revalidator } from '../engine/revalidator.js';
@@ -118,7 +119,7 @@ export class Waymark {
       })
       : http;
     const source: RedisBumpSourceOptions = {
-      redisUrl: config.redisUrl,
+      ...redisTarget(config),
       channel: config.bumpChannel,
       maxPathBytes: config.maxPathBytes,
       logger: this.logger.child({ module: 'bump-source' }),
@@ -155,7 +156,7 @@ export class Waymark {
       });
     }
     const index = opts.watchIndex ?? new RedisWatchIndex({
-      redisUrl: config.redisUrl,
+      ...redisTarget(config),
       // instances that share a bump channel are one service; their keys live under its name
       prefix: config.bumpChannel,
       ttlSeconds: INDEX_TTL_SECONDS,
@@ -219,6 +220,9 @@ export class Waymark {
       throw new ConfigError('WAYMARK_ADMIN_PORT', `cannot listen on ${this.config.adminHost}:${this.config.adminPort} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
     }
     this.logger.info('connecting to redis', {
+      mode: redisMode(this.config),
+      ...(this.config.redisClusterNodes ? { nodes: this.config.redisClusterNodes.join(',') } : {}),
+      ...(this.config.redisSentinels ? { sentinels: this.config.redisSentinels.join(','), name: this.config.redisSentinelName } : {}),
       url: redactUrl(this.config.redisUrl), ...(this.config.bumpStream ? { stream: this.config.bumpStream } : { channel: this.config.bumpChannel }),
     });
     await this.bumpSource.start((bump) => this.onBump(bump));
