@@ -40,7 +40,7 @@ describe('publishing: fetches never wait for the router', function () {
   before(async function () {
     // Its own router, slow per delivered event, in a process of its own (in this one, its CPU
     // would stall the component and the API too); the clients (ClientPool) follow testEnv.routerUrl.
-    const child = fork(new URL('../bench/router-proc.js', import.meta.url), [testEnv.authid, testEnv.ticket, '2000'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const child = fork(new URL('../bench/router-proc.js', import.meta.url), [testEnv.authid, testEnv.ticket, '4000'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     const url = await new Promise<string>((resolve, reject) => {
       child.once('message', (m: { url: string }) => resolve(m.url));
       child.once('exit', (code) => reject(new Error(`router process exited with ${code}`)));
@@ -107,7 +107,7 @@ describe('publishing: fetches never wait for the router', function () {
     const arrivals = ws.map((w) => w.arrivals[0] - t0).sort((a, b) => a - b);
     const lastUpdate = arrivals[arrivals.length - 1];
     const arrivedByLastFetch = arrivals.filter((t) => t <= lastFetch).length;
-    console.log(`      slow router (2000 us/event), ${n} groups, 4 fetch slots: last fetch answered at ${lastFetch.toFixed(0)} ms, last Update at ${lastUpdate.toFixed(0)} ms, ${arrivedByLastFetch}/${n} Updates arrived by the last fetch`);
+    console.log(`      slow router (4000 us/event), ${n} groups, 4 fetch slots: last fetch answered at ${lastFetch.toFixed(0)} ms, last Update at ${lastUpdate.toFixed(0)} ms, ${arrivedByLastFetch}/${n} Updates arrived by the last fetch`);
     expect(answered).to.have.length(n);
     // Holding the slots until the acknowledgements, the fetches follow the router: the last one
     // is answered when nearly every Update is through (measured: 116 of 120, 594 of 610 ms).
@@ -144,6 +144,37 @@ describe('publishing: fetches never wait for the router', function () {
       const lost = notConverged(ws);
       console.log(`      fault: publish-backlog-link-drop lost=${lost} converge_ms=${Date.now() - t0} (60 watches, ${held} publishes held at the cut)`);
       expect(lost).to.equal(0);
+    } finally {
+      await pool.closeAll();
+      await wm?.close();
+      wm = undefined;
+      await proxy.stop();
+    }
+  });
+
+  it('a graceful stop waits for the publishes held back by backpressure: every one is delivered', async function () {
+    const proxy = await new FaultProxy({ host: '127.0.0.1', port: router.port }).start();
+    try {
+      wm = await startWaymark(api.url, { WAYMARK_ROUTER_URL: proxy.url(router.url) });
+      padding = 'x'.repeat(256 * 1024);
+      // 10 MiB through a link slowed to ~6 MiB/s: more than the kernel's buffers and the 2 MiB mark
+      const ws = await watchers(40, '/big/stop');
+      await proxy.set('delay', 10);
+      version = 2;
+      await wm.bump('/big/stop');
+      const backlog = wm.waymark.metrics.publishBacklog;
+      await waitFor('publishes held back', () => backlog().waiting > 0, 10_000);
+      const held = backlog().waiting;
+      const t0 = Date.now();
+      await wm.close();
+      const stopMs = Date.now() - t0;
+      const failed = (await wm.waymark.metrics.publishesFailed.get()).values[0]?.value ?? 0;
+      wm = undefined;
+      // delivered to the router before the stop returned; the router forwards them right after
+      await waitFor('every Update', () => notConverged(ws) === 0, 5_000).catch(() => undefined);
+      console.log(`      graceful stop with ${held} publishes held: ${stopMs} ms, ${notConverged(ws)} of 40 watches without their Update, ${failed} publishes failed`);
+      expect(failed).to.equal(0);
+      expect(notConverged(ws)).to.equal(0);
     } finally {
       await pool.closeAll();
       await wm?.close();
