@@ -4,7 +4,7 @@ import { waitAtMost } from '../support/deadline.js';
 import type { Fetcher } from './fetcher.js';
 import type { Logger } from '../support/logger.js';
 import { Metrics } from '../support/metrics.js';
-import type { Publisher } from './publisher.js';
+import type { HeldLimits, Publisher } from './publisher.js';
 import { RateLimitedLog } from '../support/rate-limited-log.js';
 import type { Bump, FetchResult, ForwardHeaders, Update, Validators } from '../protocol/types.js';
 import type { Watch, WatchRegistry } from './watch-registry.js';
@@ -18,6 +18,8 @@ export interface DispatcherOptions {
   concurrency: number;
   pushUnchanged: boolean;
   metrics: Metrics;
+  /** held-back publishes above which finished fetches keep their slots. @default MAX_HELD */
+  maxHeld?: HeldLimits;
   /** the longest pause a Retry-After may impose. @default 60000 */
   maxRetryAfterMs?: number;
   /** delay before the first retry of a failed fetch; doubles per failure in a row, jittered. @default 500 */
@@ -63,11 +65,12 @@ interface Group {
 }
 
 /**
- * Publishes held back by the router's backpressure (see WampPublisher) above which finished
- * fetches keep their slots, so no new fetch starts until the router catches up: results waiting
- * for the router stay bounded to about this many Updates plus one fan-out per slot.
+ * Publishes held back by the router's backpressure (see WampPublisher), and the size of their
+ * bodies, above which finished fetches keep their slots, so no new fetch starts until the router
+ * catches up: results waiting for the router stay bounded to about this much plus one fan-out
+ * per slot.
  */
-export const MAX_HELD_PUBLISHES = 10_000;
+export const MAX_HELD = { publishes: 10_000, bytes: 64 * 1024 * 1024 };
 
 /** Statuses that mean the credentials are dead: the watch is suspended after pushing them. */
 const CREDENTIALS_REJECTED = new Set([401, 403]);
@@ -560,8 +563,8 @@ export class Dispatcher {
    * the response is read and its publishes are handed to the publisher, so a slow router never
    * throttles the fetches of other groups; the group itself stays running until its publishes
    * are acknowledged (its next fetch coalesces meanwhile), so each watch's last delivered state
-   * is settled before it is compared again. Only while more than MAX_HELD_PUBLISHES publishes are
-   * held back by the router's backpressure does the slot stay taken, bounding their memory.
+   * is settled before it is compared again. Only while more than MAX_HELD publishes (or bytes of
+   * bodies) are held back by the router's backpressure does the slot stay taken, bounding their memory.
    */
   private async run(g: Group, release: () => void): Promise<void> {
     g.state = 'running';
@@ -598,7 +601,7 @@ export class Dispatcher {
         });
       }
       // deliver() has handed every publish over synchronously; only a backlog holds the slot now
-      if (this.opts.publisher.room) await this.opts.publisher.room(MAX_HELD_PUBLISHES);
+      if (this.opts.publisher.room) await this.opts.publisher.room(this.opts.maxHeld ?? MAX_HELD);
       release();
       await delivered;
     }

@@ -7,10 +7,11 @@ export interface Publisher {
   publish(session: SessionId, update: Update): Promise<void>;
   /**
    * Resolves when the publishes held back (not yet handed to the router's socket) are at most
-   * `max`. A dispatcher frees a fetch slot only then, so results waiting for the router are
-   * bounded in memory. Absent: never any backlog.
+   * `limits.publishes` and their bodies at most `limits.bytes` (UTF-16 code units; a body shared
+   * by consecutive publishes, one group's fan-out, counts once). A dispatcher frees a fetch slot
+   * only then, so results waiting for the router are bounded in memory. Absent: never any backlog.
    */
-  room?(max: number): Promise<void>;
+  room?(limits: HeldLimits): Promise<void>;
 }
 
 /**
@@ -19,6 +20,11 @@ export interface Publisher {
  * every publish goes out at once; above it they wait in order until the socket drains.
  */
 export const PUBLISH_HIGH_WATER_BYTES = 2 * 1024 * 1024;
+
+export interface HeldLimits {
+  publishes: number;
+  bytes: number;
+}
 
 /** What the publisher reads of the router connection's socket (a net.Socket / tls.TLSSocket). */
 export interface OutgoingSocket {
@@ -34,6 +40,8 @@ interface Held {
   wamp: autobahn.Session;
   session: SessionId;
   update: Update;
+  /** what it adds to heldBytes */
+  bytes: number;
   resolve: () => void;
   reject: (err: Error) => void;
 }
@@ -62,7 +70,9 @@ export class WampPublisher implements Publisher {
   private unsettled = 0;
   private settleScheduled = false;
   private draining = false;
-  private readonly roomWaiters: Array<{ max: number; resolve: () => void }> = [];
+  /** bodies of the held publishes, each run of one shared body counted once */
+  private heldBytes = 0;
+  private readonly roomWaiters: Array<{ limits: HeldLimits; resolve: () => void }> = [];
 
   /**
    * @param current the joined session, if any
@@ -89,15 +99,22 @@ export class WampPublisher implements Publisher {
     const wamp = this.current();
     if (!wamp || !wamp.isOpen) return Promise.reject(new Error('not joined to the router'));
     if (this.waiting === 0 && !this.full()) return this.send(wamp, session, update);
+    const before = this.waiting > 0 ? this.held[this.held.length - 1].update.body : undefined;
+    const bytes = (before === update.body ? 0 : update.body.length) + 256;
+    this.heldBytes += bytes;
     return new Promise<void>((resolve, reject) => {
-      this.held.push({ wamp, session, update, resolve, reject });
+      this.held.push({ wamp, session, update, bytes, resolve, reject });
       this.drainLater();
     });
   }
 
-  room(max: number): Promise<void> {
-    if (this.waiting <= max) return Promise.resolve();
-    return new Promise((resolve) => this.roomWaiters.push({ max, resolve }));
+  room(limits: HeldLimits): Promise<void> {
+    if (this.fits(limits)) return Promise.resolve();
+    return new Promise((resolve) => this.roomWaiters.push({ limits, resolve }));
+  }
+
+  private fits(limits: HeldLimits): boolean {
+    return this.waiting <= limits.publishes && this.heldBytes <= limits.bytes;
   }
 
   /**
@@ -118,6 +135,7 @@ export class WampPublisher implements Publisher {
     }
     this.held = keep;
     this.heldAt = 0;
+    this.heldBytes = keep.reduce((n, h) => n + h.bytes, 0);
     this.wakeRoom();
   }
 
@@ -170,6 +188,7 @@ export class WampPublisher implements Publisher {
   private flush(): void {
     while (this.waiting > 0 && !this.full()) {
       const h = this.held[this.heldAt++];
+      this.heldBytes -= h.bytes;
       if (h.wamp !== this.current() || !h.wamp.isOpen) h.reject(new Error('router connection lost before the publish was sent'));
       else this.send(h.wamp, h.session, h.update).then(h.resolve, h.reject);
     }
@@ -184,7 +203,7 @@ export class WampPublisher implements Publisher {
   private wakeRoom(): void {
     for (let i = this.roomWaiters.length - 1; i >= 0; i--) {
       const w = this.roomWaiters[i];
-      if (this.waiting > w.max) continue;
+      if (!this.fits(w.limits)) continue;
       this.roomWaiters.splice(i, 1);
       w.resolve();
     }
