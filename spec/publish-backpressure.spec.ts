@@ -3,7 +3,13 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { fork, type ChildProcess } from 'node:child_process';
 import type { Update, WatchResult } from '../lib/protocol/types.js';
 import { PROC_WATCH } from '../lib/protocol/uris.js';
-import { UpdateJsonSerializer } from '../lib/engine/publisher.js';
+import { UpdateJsonSerializer, type Publisher } from '../lib/engine/publisher.js';
+import { Dispatcher } from '../lib/engine/dispatcher.js';
+import type { Fetcher } from '../lib/engine/fetcher.js';
+import { WatchRegistry } from '../lib/engine/watch-registry.js';
+import { silentLogger } from '../lib/support/logger.js';
+import { Metrics } from '../lib/support/metrics.js';
+import type { FetchRequest, FetchResult } from '../lib/protocol/types.js';
 import { sleep, testEnv, waitFor } from './helpers/env.js';
 import { FaultProxy } from './helpers/fault-proxy.js';
 import { startWaymark, type Harness } from './helpers/harness.js';
@@ -206,5 +212,64 @@ describe('publishing: one body escaped once per fan-out', function () {
     }
     messages.push([48, 7, {}, 'waymark.watch', ['/p', { token: 't' }]], [16, 8, {}, 'waymark.session.1', []], [16, 9, {}, 't', ['a', 'b']]);
     for (const m of messages) expect(ser.serialize(m)).to.equal(JSON.stringify(m));
+  });
+});
+
+describe('publishing: the fetch slot and the held-back bound (dispatcher, at its own seams)', function () {
+  /** Publishes settle only when the spec says; `room` resolves only when `full` is false. */
+  class GatedPublisher implements Publisher {
+    readonly acks: Array<() => void> = [];
+    full = false;
+    private readonly roomWaiters: Array<() => void> = [];
+    publish(): Promise<void> {
+      return new Promise((resolve) => this.acks.push(resolve));
+    }
+    room(): Promise<void> {
+      return this.full ? new Promise((resolve) => this.roomWaiters.push(resolve)) : Promise.resolve();
+    }
+    makeRoom(): void {
+      this.full = false;
+      for (const r of this.roomWaiters.splice(0)) r();
+    }
+  }
+  class CountingFetcher implements Fetcher {
+    readonly requests: FetchRequest[] = [];
+    async fetch(req: FetchRequest): Promise<FetchResult> {
+      this.requests.push(req);
+      await sleep(1);
+      return { status: 200, headers: {}, body: `${req.path}:${req.headers.authorization ?? ''}`, encoding: 'utf8', fetchedAt: Date.now() };
+    }
+    async close() {}
+  }
+  const setup = () => {
+    const registry = new WatchRegistry(100);
+    const fetcher = new CountingFetcher();
+    const publisher = new GatedPublisher();
+    const dispatcher = new Dispatcher({ registry, fetcher, publisher, logger: silentLogger(), metrics: new Metrics(), concurrency: 1, pushUnchanged: false });
+    for (let i = 0; i < 5; i++) registry.upsert(i + 1, '/slot', { authorization: `Bearer t${i}` });
+    return { registry, fetcher, publisher, dispatcher };
+  };
+
+  it('frees the slot when the response is read: with 1 slot and no acknowledgement yet, every group is fetched', async function () {
+    const { fetcher, publisher, dispatcher } = setup();
+    const done = dispatcher.dispatch({ id: 'b1', paths: ['/slot'], at: Date.now() });
+    await waitFor('all 5 fetches', () => fetcher.requests.length === 5 && publisher.acks.length === 5);
+    expect(dispatcher.busy).to.equal(5); // the groups are still publishing: a drain waits for them
+    for (const ack of publisher.acks) ack();
+    await done;
+    expect(dispatcher.busy).to.equal(0);
+  });
+
+  it('keeps the slot while the publisher has no room: no new fetch starts until it has', async function () {
+    const { fetcher, publisher, dispatcher } = setup();
+    publisher.full = true;
+    const done = dispatcher.dispatch({ id: 'b1', paths: ['/slot'], at: Date.now() });
+    await waitFor('the first fetch', () => publisher.acks.length === 1);
+    await sleep(50);
+    expect(fetcher.requests).to.have.length(1);
+    publisher.makeRoom();
+    await waitFor('the other fetches', () => fetcher.requests.length === 5 && publisher.acks.length === 5);
+    for (const ack of publisher.acks) ack();
+    await done;
   });
 });
