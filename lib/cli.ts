@@ -2,10 +2,12 @@ import { randomBytes } from 'node:crypto';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import autobahn from 'autobahn';
 import { Redis } from 'ioredis';
+import { MAX_PATHS_PER_BUMP } from './bumps/bump-source.js';
 import { bumperOptions, createBumper } from './bumps/bumper.js';
 import { createWaymark } from './wamp/component.js';
 import { loadBumpTarget, loadConfig, loadRouterTarget, type WaymarkConfig } from './protocol/config.js';
 import { ConfigError } from './protocol/errors.js';
+import { validatePath } from './protocol/validation.js';
 import { createLogger, redactUrl, type Logger } from './support/logger.js';
 import { sessionTopic, PROC_WATCH, WAMP_SUBPROTOCOLS } from './protocol/uris.js';
 import { VERSION } from './protocol/version.js';
@@ -534,6 +536,18 @@ async function bump(argv: string[], io: CliIO): Promise<number> {
   if (positionals.length === 0) throw new UsageError('give one or more paths, e.g. waymark bump /users/1');
   const bad = positionals.find((p) => !p.startsWith('/'));
   if (bad !== undefined) throw new UsageError(`a path starts with /, got ${JSON.stringify(bad)}`);
+  // Waymark drops a path outside the watch grammar and every path past MAX_PATHS_PER_BUMP with
+  // only a warning in its own log; "published" here would hide that.
+  for (const p of positionals) {
+    try {
+      validatePath(p, Number.MAX_SAFE_INTEGER);
+    } catch (err) {
+      throw new UsageError(`Waymark would drop ${JSON.stringify(p)}: ${(err as Error).message}`);
+    }
+  }
+  if (positionals.length > MAX_PATHS_PER_BUMP) {
+    throw new UsageError(`at most ${MAX_PATHS_PER_BUMP} paths in one bump (Waymark drops the rest), got ${positionals.length}; run it once per ${MAX_PATHS_PER_BUMP}`);
+  }
   const target = loadBumpTarget(io.env);
   const redis = await connectRedisOnce(target.redisUrl);
   const bumper = createBumper({ ...bumperOptions(target), redis });

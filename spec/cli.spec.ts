@@ -41,6 +41,8 @@ describe('command line', function () {
     ['a value given to a flag', ['watch', '/users/1', '--snapshot=yes'], {}, /^waymark watch: --snapshot takes no value; /],
     ['an argument a command does not take', ['doctor', 'now'], {}, /^waymark doctor: takes no arguments, got "now"; /],
     ['a bump path without its slash', ['bump', 'users/1'], {}, /^waymark bump: a path starts with \/, got "users\/1"$/],
+    ['a bump path Waymark would drop', ['bump', '/users/1', '/users/%2e%2e'], {}, /^waymark bump: Waymark would drop "\/users\/%2e%2e": path must not contain "\." or "\.\." segments/],
+    ['more bump paths than one bump carries', ['bump', ...Array.from({ length: 1001 }, (_, i) => `/u/${i}`)], {}, /^waymark bump: at most 1000 paths in one bump \(Waymark drops the rest\), got 1001; /],
     ['a mistyped command', ['wtach', '/users/1'], {}, /^waymark: unknown command "wtach" \(did you mean watch\?\); the commands are serve, dev, watch, bump, doctor, demo-api/],
     ['watch with a router URL that is no URL', ['watch', '/users/1'], { WAYMARK_ROUTER_URL: 'notaurl' }, /^waymark watch: WAYMARK_ROUTER_URL: must be a ws:\/\/ or wss:\/\/ URL, got "notaurl"$/],
     ['watch with an http router URL', ['watch', '/users/1'], { WAYMARK_ROUTER_URL: 'http://127.0.0.1:8080/ws' }, /^waymark watch: WAYMARK_ROUTER_URL: must be a ws:\/\/ or wss:\/\/ URL/],
@@ -50,7 +52,7 @@ describe('command line', function () {
     ['doctor with a bad number setting', ['doctor'], { WAYMARK_FETCH_TIMEOUT_MS: '-1' }, /^waymark doctor: WAYMARK_FETCH_TIMEOUT_MS: must be a whole number/],
   ];
   for (const [what, args, env, expected] of usageErrors) {
-    it(`${what}: one line, exit 2 (waymark ${args.join(' ')})`, async function () {
+    it(`${what}: one line, exit 2 (waymark ${args.length > 8 ? `${args.slice(0, 3).join(' ')} ... (${args.length - 1} paths)` : args.join(' ')})`, async function () {
       const p = run(args, cleanEnv(env));
       expect(await p.exited, p.stderr).to.equal(2);
       expect(p.stderr.trim().split('\n'), p.stderr).to.have.length(1);
