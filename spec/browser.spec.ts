@@ -307,7 +307,8 @@ describe('browser demo (headless Chromium)', function () {
     // a good path afterwards clears the error and moves the watch
     await bob.getByTestId('path').fill('/users/1');
     await bob.getByTestId('watch-form').getByRole('button', { name: 'Watch' }).click();
-    await bob.getByTestId('profile-viewer').filter({ hasText: 'bob' }).waitFor({ timeout: 5_000 });
+    // the card already shows bob as viewer (of /users/2): wait for /users/1's own snapshot in the log
+    await bob.getByTestId('log').locator('li').first().filter({ hasText: /\/users\/1 .*seen by bob \(snapshot\)/ }).waitFor({ timeout: 5_000 });
     await bob.waitForFunction(() => (document.querySelector('[data-testid="watch-error"]') as HTMLElement).hidden, undefined, { timeout: 5_000 });
     expect(await text(bob, 'watch-id')).not.to.equal(before);
     await bob.close();
