@@ -107,6 +107,9 @@ export class Waymark {
         failures: config.breakerFailures,
         // one tenant's failing paths are not an outage: it takes two credentials' failures
         minCredentials: 2,
+        // and only on paths that answered before: a session's own paths that never answer,
+        // with as many tokens as it likes, cannot open it for everyone
+        answeredPathsOnly: true,
         cooldownMs: config.breakerCooldownMs,
         origin: () => apiOrigin,
         logger: this.logger.child({ module: 'breaker' }),
