@@ -325,12 +325,12 @@ describe('command line', function () {
     }
   });
 
-  it('watch reports a contract error and exits 1', async function () {
+  it('watch reports a refused path as a usage error: one line, exit 2 (as bump does)', async function () {
     const api = await new Upstream().start();
     const wm = await startWaymark(api.url);
     try {
       const p = run(['watch', '//evil.test/x'], cleanEnv({ WAYMARK_ROUTER_URL: testEnv.routerUrl, WAYMARK_REALM: testEnv.realm }));
-      expect(await p.exited).to.equal(1);
+      expect(await p.exited).to.equal(2);
       expect(p.stderr).to.match(/^waymark watch: waymark\.error\.invalid_path: /);
       expect(api.requests).to.have.length(0);
     } finally {

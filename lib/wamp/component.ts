@@ -220,7 +220,7 @@ export class Waymark {
     try {
       await this.admin?.start();
     } catch (err) {
-      throw new ConfigError('WAYMARK_ADMIN_PORT', `cannot listen on ${this.config.adminHost}:${this.config.adminPort} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+      throw new ConfigError('WAYMARK_ADMIN_PORT', `cannot listen on ${this.config.adminHost}:${this.config.adminPort} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); set WAYMARK_ADMIN_PORT to a free port, or 0 to turn the admin port off`);
     }
     this.logger.info('connecting to redis', {
       mode: redisMode(this.config),
