@@ -23,6 +23,11 @@ const server = createServer((req, res) => {
   if (!token) { res.writeHead(401).end(); return; }
   total += 1;
   perToken.set(token, (perToken.get(token) ?? 0) + 1);
+  // /pub/...: the same answer for every credential, marked shareable (contract section 12)
+  if (url.startsWith('/pub/')) {
+    res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'public, max-age=60' }).end(JSON.stringify({ path: url, version, pad }));
+    return;
+  }
   res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ path: url, token, version, pad }));
 });
 server.keepAliveTimeout = 60_000;
