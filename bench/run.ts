@@ -28,7 +28,7 @@ const ROUTER_COST_US = Number(process.argv.find((a) => a.startsWith('--router-co
 // throughput (i) sizes and probe length, requests-per-Update size (ii), outage (iii)
 const T = quick
   ? { sizes: [500], probeMs: 1500, requests: 300, outage: { sessions: 200, perSession: 5, ms: 5_000 } }
-  : { sizes: [500, 1500, 3000], probeMs: 3000, requests: 1000, outage: { sessions: 1000, perSession: 10, ms: 30_000 } };
+  : { sizes: [500, 1500, 3000], probeMs: 2000, requests: 1000, outage: { sessions: 1000, perSession: 10, ms: 30_000 } };
 
 interface Row { scenario: string; figure: string; value: number | string; baseline?: number | string; ratio?: number | string; target?: string; met?: boolean; cpu?: Record<string, number>; samples?: Record<string, number[]> }
 const rows: Row[] = [];
