@@ -5,6 +5,7 @@
 // compete for the two cores with those of another.
 import { randomBytes } from 'node:crypto';
 import type { ChildProcess } from 'node:child_process';
+import { createServer, type AddressInfo } from 'node:net';
 import autobahn from 'autobahn';
 import { Redis } from 'ioredis';
 import { Pool } from 'undici';
@@ -31,6 +32,18 @@ export function ready(w: Worker): Promise<any> {
   return new Promise((resolve) => { w.events.push((m) => { if (m?.ready) resolve(m); }); });
 }
 
+/** A port nothing listens on right now (the component's admin port must be known before it starts). */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export class Stack {
@@ -55,7 +68,7 @@ export class Stack {
     const channel = `bench-${randomBytes(4).toString('hex')}`;
     const router = Worker.start('./router-proc.js', ['waymark', ticket, String(opts.routerCostUs)]);
     const { url: routerUrl } = await ready(router);
-    const adminPort = 20000 + Math.floor(Math.random() * 20000);
+    const adminPort = await freePort();
     const component = await startComponent({
       ...process.env,
       WAYMARK_ROUTER_URL: routerUrl, WAYMARK_ROUTER_AUTHID: 'waymark', WAYMARK_ROUTER_TICKET: ticket,
