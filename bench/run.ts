@@ -27,8 +27,8 @@ if (repeatsArg) P.repeats = Number(repeatsArg);
 const ROUTER_COST_US = Number(process.argv.find((a) => a.startsWith('--router-cost-us='))?.slice(17) ?? 330);
 // throughput (i) sizes and probe length, requests-per-Update size (ii), outage (iii)
 const T = quick
-  ? { sizes: [500], probeMs: 1500, requests: 300, outage: { sessions: 200, perSession: 5, ms: 5_000 } }
-  : { sizes: [500, 1500, 3000], probeMs: 2000, requests: 1000, outage: { sessions: 1000, perSession: 10, ms: 30_000 } };
+  ? { sizes: [500], probeMs: 1500, maxRate: 16, requests: 300, outage: { sessions: 200, perSession: 5, ms: 5_000 } }
+  : { sizes: [500, 1500, 3000], probeMs: 2000, maxRate: 64, requests: 1000, outage: { sessions: 1000, perSession: 10, ms: 30_000 } };
 
 interface Row { scenario: string; figure: string; value: number | string; baseline?: number | string; ratio?: number | string; target?: string; met?: boolean; cpu?: Record<string, number>; samples?: Record<string, number[]> }
 const rows: Row[] = [];
@@ -174,7 +174,7 @@ async function main() {
     agent.destroy();
   }
 
-  if (runs('i')) rows.push(...await throughputRows(stack, T.sizes, T.probeMs));
+  if (runs('i')) rows.push(...await throughputRows(stack, T.sizes, T.probeMs, T.maxRate));
   if (runs('ii')) rows.push(...await requestsRows(stack, T.requests));
   await stack.stop();
 
@@ -183,7 +183,7 @@ async function main() {
     const costly = await startStack({ routerCostUs: ROUTER_COST_US, sessions: Math.max(runs('a') ? Math.max(...P.fanout) : 1, runs('i') ? Math.max(...T.sizes) : 1) });
     for (const n of runs('a') ? P.fanout : []) rows.push(...await fanOut(costly, n, P.repeats, P.warmups));
     if (runs('d')) rows.push(...await latency(costly, P.latency, REDIS_URL));
-    if (runs('i')) rows.push(...await throughputRows(costly, T.sizes, T.probeMs));
+    if (runs('i')) rows.push(...await throughputRows(costly, T.sizes, T.probeMs, T.maxRate));
     await costly.stop();
   }
 
