@@ -3,14 +3,23 @@
 // measured in the same run, and the CPU each process used for it.
 import http from 'node:http';
 import { writeFileSync, mkdirSync } from 'node:fs';
+import { relative } from 'node:path';
 import os from 'node:os';
+import autobahn from 'autobahn';
 import got from 'got';
+import { createLogger } from '../lib/support/logger.js';
 import { here, nowMs, Worker } from './procs.js';
 import { fanOut, latency } from './scenarios.js';
 import { ready, sleep, Stack, type StackOptions } from './stack.js';
 import { outageRows, requestsRows, throughputRows } from './throughput.js';
 
-console.warn = () => undefined; // autobahn reports every close
+// autobahn reports every close on the console.warn it bound when it loaded (so replacing
+// console.warn misses it), which lands in the middle of the table: its own hook goes to a quiet
+// logger instead (debug level, shown with WAYMARK_LOG_LEVEL=debug).
+const quiet = createLogger({ level: process.env.WAYMARK_LOG_LEVEL || 'warn', stream: process.stderr });
+(autobahn as unknown as { log: { warn: (...args: unknown[]) => void } }).log.warn = (...args: unknown[]) => {
+  quiet.debug('autobahn', { message: args.map((a) => (typeof a === 'string' ? a : JSON.stringify(a))).join(' ') });
+};
 
 const quick = process.argv.includes('--quick');
 // `--only a,d` runs a subset of the scenarios (for profiling one of them)
@@ -27,7 +36,7 @@ if (repeatsArg) P.repeats = Number(repeatsArg);
 const ROUTER_COST_US = Number(process.argv.find((a) => a.startsWith('--router-cost-us='))?.slice(17) ?? 330);
 // throughput (i) sizes and probe length, requests-per-Update size (ii), outage (iii)
 const T = quick
-  ? { sizes: [500], probeMs: 1500, maxRate: 16, requests: 300, outage: { sessions: 200, perSession: 5, ms: 5_000 } }
+  ? { sizes: [500], probeMs: 1000, maxRate: 8, requests: 300, outage: { sessions: 100, perSession: 5, ms: 6_000 } }
   : { sizes: [500, 1500, 3000], probeMs: 2000, maxRate: 64, requests: 1000, outage: { sessions: 1000, perSession: 10, ms: 30_000 } };
 
 interface Row { scenario: string; figure: string; value: number | string; baseline?: number | string; ratio?: number | string; target?: string; met?: boolean; cpu?: Record<string, number>; samples?: Record<string, number[]> }
@@ -198,8 +207,14 @@ async function main() {
     ...rows.map((r) => `| ${r.scenario} | ${r.figure} | ${r.value} | ${r.baseline ?? ''} | ${r.ratio ?? ''} | ${r.target ?? ''} | ${r.met === undefined ? '' : r.met ? 'yes' : 'NO'} | ${r.cpu ? [r.cpu.component, r.cpu.router, r.cpu.upstream, r.cpu.watchers, r.cpu.bench].join(' / ') : ''} |`),
   ].join('\n');
   process.stdout.write(`\nWaymark bench (${quick ? 'quick' : 'full'}) on ${machine}, ${Math.round((Date.now() - t0) / 1000)} s\n\n${table}\n`);
-  mkdirSync(here('../../bench'), { recursive: true });
-  if (!onlyArg) writeFileSync(here(`../../bench/results${quick ? '-quick' : ''}.json`), JSON.stringify({ mode: quick ? 'quick' : 'full', machine, at: new Date().toISOString(), rows }, null, 2) + '\n');
+  if (!onlyArg) {
+    // The full run's results are the tracked record (bench/results.json); a quick run is a check
+    // on this machine and goes to the untracked bench/out/, so it never dirties the tree.
+    const file = here(quick ? '../../bench/out/results-quick.json' : '../../bench/results.json');
+    mkdirSync(here(quick ? '../../bench/out' : '../../bench'), { recursive: true });
+    writeFileSync(file, JSON.stringify({ mode: quick ? 'quick' : 'full', machine, at: new Date().toISOString(), rows }, null, 2) + '\n');
+    process.stdout.write(`\nresults written to ${relative(process.cwd(), file) || file}\n`);
+  }
   process.exit(0);
 }
 

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -6,6 +7,10 @@ import type { AddressInfo } from 'node:net';
  * The demo API of `waymark dev` and docker compose: `/users/:id` answers per bearer token, so
  * alice and bob see different data on the same path, and 401 without a known token. Editing a
  * profile (PUT/PATCH/POST) bumps its path, which is all a backend has to do for live updates.
+ * Every answer carries a strong ETag of its exact body; an edit with `If-Match` that no longer
+ * matches gets 412 (RFC 9110 13.1.1), so two tabs cannot overwrite each other unseen. A profile's
+ * `updatedAt` (ms since the epoch) is when it was last edited, so every page can show how long
+ * after the edit it updated.
  * With `page`, it also serves the browser demo (dev/demo/index.html) at `/`, the client bundle
  * it imports, and `/config.json` telling the page where the router is.
  */
@@ -36,6 +41,8 @@ interface Profile {
   email: string;
   version: number;
   views: number;
+  /** ms since the epoch of the last edit */
+  updatedAt: number;
 }
 
 const TOKENS: Record<string, { viewer: string; userId: number }> = {
@@ -44,14 +51,33 @@ const TOKENS: Record<string, { viewer: string; userId: number }> = {
 };
 
 function initialProfiles(): Map<number, Profile> {
+  const now = Date.now();
   return new Map([
-    [1, { id: 1, name: 'Alice', bio: 'Writes the API.', email: 'alice@example.test', version: 1, views: 0 }],
-    [2, { id: 2, name: 'Bob', bio: 'Watches the API.', email: 'bob@example.test', version: 1, views: 0 }],
+    [1, { id: 1, name: 'Alice', bio: 'Writes the API.', email: 'alice@example.test', version: 1, views: 0, updatedAt: now }],
+    [2, { id: 2, name: 'Bob', bio: 'Watches the API.', email: 'bob@example.test', version: 1, views: 0, updatedAt: now }],
   ]);
 }
 
-function send(res: ServerResponse, status: number, body: unknown): void {
-  res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store' }).end(JSON.stringify(body));
+function send(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store', ...headers }).end(JSON.stringify(body));
+}
+
+/** The profile as `viewer` sees it: the e-mail only for its owner. */
+function representation(profile: Profile, viewer: string, own: boolean): string {
+  const { email, ...visible } = profile;
+  return JSON.stringify({ ...visible, viewer, ...(own ? { email } : {}) });
+}
+
+/** A strong validator: the same exact bytes, the same tag (RFC 9110 8.8.3). */
+function etagOf(body: string): string {
+  return `"${createHash('sha256').update(body).digest('base64url').slice(0, 22)}"`;
+}
+
+/** If-Match against the current tag: `*` or any listed tag, compared strongly (RFC 9110 13.1.1). */
+function ifMatchFails(header: string | undefined, current: string): boolean {
+  if (header === undefined) return false;
+  const tags = header.split(',').map((t) => t.trim());
+  return !tags.includes('*') && !tags.includes(current);
 }
 
 // Relative to dist/dev/demo-api.js: the page stays an HTML file, the bundle is `npm run build`'s.
@@ -114,8 +140,9 @@ export function createDemoApiHandler(opts: Pick<DemoApiOptions, 'bump' | 'page'>
     if (req.method === 'GET') {
       // The side effect Waymark's refetches must not cause: they carry X-Waymark.
       if (!req.headers['x-waymark']) profile.views += 1;
-      const { email, ...visible } = profile;
-      return send(res, 200, { ...visible, viewer: who.viewer, ...(own ? { email } : {}) });
+      const body = representation(profile, who.viewer, own);
+      res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store', etag: etagOf(body), vary: 'authorization' }).end(body);
+      return;
     }
     if (req.method === 'PUT' || req.method === 'PATCH' || req.method === 'POST') {
       if (!own) return send(res, 403, { error: `${who.viewer} may only edit their own profile` });
@@ -125,11 +152,22 @@ export function createDemoApiHandler(opts: Pick<DemoApiOptions, 'bump' | 'page'>
       } catch {
         return send(res, 400, { error: 'body must be a JSON object' });
       }
+      const current = etagOf(representation(profile, who.viewer, own));
+      if (ifMatchFails(req.headers['if-match'], current)) {
+        return send(res, 412, { error: 'the profile changed meanwhile', version: profile.version }, { etag: current });
+      }
       if (typeof body.name === 'string') profile.name = body.name.slice(0, 200);
       if (typeof body.bio === 'string') profile.bio = body.bio.slice(0, 2000);
       profile.version += 1;
-      await opts.bump?.(url.pathname);
-      return send(res, 200, { ok: true, version: profile.version });
+      profile.updatedAt = Date.now();
+      // The edit is saved either way; a bump that fails (Redis down) is said, not a 500 for a saved edit.
+      let bumpError: string | undefined;
+      try {
+        await opts.bump?.(url.pathname);
+      } catch (err) {
+        bumpError = `saved, but the bump failed (${(err as Error).message}): watchers were not told`;
+      }
+      return send(res, 200, { ok: true, version: profile.version, ...(bumpError ? { bumped: false, bumpError } : {}) }, { etag: etagOf(representation(profile, who.viewer, own)) });
     }
     res.setHeader('allow', 'GET, PUT, PATCH, POST');
     return send(res, 405, { error: 'method not allowed' });

@@ -32,6 +32,7 @@ import { createRequire } from 'node:module';
 import { randomBytes, randomInt, timingSafeEqual } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { authorize } from '../lib/wamp/authorizer.js';
+import { PROC_AUTHORIZE } from '../lib/protocol/uris.js';
 
 // fox-wamp is CommonJS without types: everything taken from it is `any` (so the subclasses
 // below cannot use `override`), kept to the few members used here. Deep requires, because
@@ -402,6 +403,16 @@ class DevGate extends WampGate {
   }
 
   createContext(session: any, socketWriter: any): any {
+    // fox-wamp's writer answers a failed send (a peer reset mid-write, e.g. a killed process)
+    // with `this.close(1011)`, which it lacks: the TypeError escaped as an uncaught exception
+    // from the socket's callback. Crossbar drops such a connection; so does this.
+    socketWriter.close ??= (code: number, reason: string) => {
+      try {
+        socketWriter.wampPkgClose(code, reason);
+      } catch (err) {
+        this.log.debug?.('dev router: closing a failed connection', { error: String(err) });
+      }
+    };
     return new DevContext(this._router, session, socketWriter);
   }
 
@@ -528,12 +539,20 @@ class DevGate extends WampGate {
    *   - `frontend` is decided by the dynamic authorizer `waymark.authorize`, i.e. the very
    *     function of lib/authorizer.ts, with Crossbar's reading of its answer: true/{allow:true}
    *     allow without disclosure, {allow:true, disclose:true} discloses, false/{allow:false} is
-   *     `not_authorized`, anything else or a throw is `authorization_failed`.
+   *     `not_authorized`, anything else or a throw is `authorization_failed`. While no session
+   *     has registered `waymark.authorize` (Waymark not joined yet, e.g. right after a router
+   *     restart), Crossbar cannot ask it and fails every action of the role with
+   *     `authorization_failed`; so does this adapter, although the rule it applies is the
+   *     in-process one, not the registered procedure.
    */
   private decide(session: any, uri: string, action: string, options: Record<string, string>): Decision {
     const a = auth(session);
     if (!a || a.phase !== 'joined') return { ok: false, error: ERR.not_authorized, message: 'session not joined' };
     if (a.authrole === ROLE_BACKEND) return { ok: true, disclose: action === 'call' };
+    const engine = session.realm?.engine as DevEngine | undefined;
+    if (!engine?.registrations(PROC_AUTHORIZE).some((r) => r.isActive())) {
+      return { ok: false, error: ERR.authorization_failed, message: `authorizer '${PROC_AUTHORIZE}' of role '${a.authrole}' is not registered` };
+    }
     const key = `${a.authrole}\u0000${uri}\u0000${action}`;
     const cached = this.authzCache.get(key);
     if (cached) return cached;

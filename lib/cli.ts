@@ -4,13 +4,16 @@ import autobahn from 'autobahn';
 import { Redis } from 'ioredis';
 import { bumperOptions, createBumper } from './bumps/bumper.js';
 import { createWaymark } from './wamp/component.js';
-import { loadBumpTarget, loadConfig, type WaymarkConfig } from './protocol/config.js';
+import { loadBumpTarget, loadConfig, loadRouterTarget, type WaymarkConfig } from './protocol/config.js';
 import { ConfigError } from './protocol/errors.js';
 import { createLogger, redactUrl, type Logger } from './support/logger.js';
 import { sessionTopic, PROC_WATCH, WAMP_SUBPROTOCOLS } from './protocol/uris.js';
 import { VERSION } from './protocol/version.js';
 
 type Env = Record<string, string | undefined>;
+
+/** Where `waymark dev` serves its demo API unless told otherwise (`--api-port`). */
+const DEV_API_URL = 'http://127.0.0.1:8000';
 
 const HELP: Record<string, string> = {
   main: `waymark ${VERSION}: real-time push for authenticated HTTP APIs
@@ -57,6 +60,9 @@ Options:
 
 Publishes one bump for the given paths on WAYMARK_BUMP_CHANNEL (default waymark:bumps) of
 WAYMARK_REDIS_URL. The same as: redis-cli PUBLISH waymark:bumps /users/1
+Waymark then refetches each path for its watchers; a watcher gets an Update only if the API's
+answer changed, so a bump with nothing changed pushes nothing.
+Exit code 0 when published, 1 when Redis is unreachable, 2 on a bad setting or argument.
 With WAYMARK_BUMP_STREAM set (stream mode), adds it to that stream instead:
 redis-cli XADD <stream> MAXLEN ~ 100000 '*' bump /users/1 (WAYMARK_BUMP_STREAM_MAXLEN)
 
@@ -71,10 +77,15 @@ Checks, with the same WAYMARK_* settings 'waymark serve' reads, one line each:
   redis           PING, and a probe bump on WAYMARK_BUMP_CHANNEL comes back (it matches no watch)
   api             WAYMARK_API_URL answers HTTP (any status)
   waymark.watch   a Waymark instance is attached (an invalid path gets waymark.error.invalid_path)
+  bumps           with --listen-ms: where the bumps published meanwhile go (Redis MONITOR), e.g.
+                  on a prefixed channel (laravel_database_waymark:bumps) no Waymark hears
+Without WAYMARK_API_URL it checks the setup 'waymark dev' prints (API http://127.0.0.1:8000).
 Exit code 0 when every check passes, 1 when one fails, 2 on a bad setting.
 
 Options:
-  --timeout-ms N  upper bound of each check (default 3000)`,
+  --timeout-ms N  upper bound of each check (default 3000)
+  --listen-ms N   also watch Redis for N ms and report where bumps go (default 0: off);
+                  MONITOR slows a busy Redis while it runs`,
   'demo-api': `Usage: waymark demo-api [--host H] [--port N] [--router-url URL]
 
 Runs the demo API alone: GET /users/:id answers per bearer token (alice, bob; 401 without),
@@ -95,12 +106,77 @@ export interface CliIO {
 
 class UsageError extends Error {}
 
-function parse(command: string, argv: string[], options: ParseArgsConfig['options']): { values: Record<string, unknown>; positionals: string[] } {
-  try {
-    return parseArgs({ args: argv, options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals: true });
-  } catch (err) {
-    throw new UsageError(`${(err as Error).message}\n\n${HELP[command]}`);
+type Options = NonNullable<ParseArgsConfig['options']>;
+
+/** The closest name within two edits, for "did you mean" (Levenshtein distance). */
+function closest(word: string, candidates: string[]): string | undefined {
+  let best: string | undefined;
+  let bestDistance = 3;
+  for (const c of candidates) {
+    const d: number[][] = Array.from({ length: word.length + 1 }, (_, i) => [i, ...Array<number>(c.length).fill(0)]);
+    for (let j = 1; j <= c.length; j++) d[0][j] = j;
+    for (let i = 1; i <= word.length; i++) {
+      for (let j = 1; j <= c.length; j++) {
+        d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (word[i - 1] === c[j - 1] ? 0 : 1));
+      }
+    }
+    if (d[word.length][c.length] < bestDistance) { bestDistance = d[word.length][c.length]; best = c; }
   }
+  return best;
+}
+
+/**
+ * parseArgs with one-line errors: its own messages run to several lines and talk about its
+ * syntax, not the command. A string option followed by a negative number (`--timeout-ms -5`)
+ * takes it as its value, so the command's own check can say what is wrong with it.
+ */
+function parse(command: string, argv: string[], options: Options, positionals: 'none' | 'some' = 'some'): { values: Record<string, unknown>; positionals: string[] } {
+  const all: Options = { ...options, help: { type: 'boolean', short: 'h' } };
+  const hint = `run 'waymark ${command} --help' for its options`;
+  const args: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === '--') { args.push(...argv.slice(i)); break; }
+    if (!arg.startsWith('-') || arg === '-' || /^-\d/.test(arg)) { args.push(arg); continue; }
+    const long = arg.startsWith('--');
+    const name = long ? arg.slice(2).split('=')[0] : arg.slice(1);
+    const key = long ? name : Object.keys(all).find((k) => all[k].short === name);
+    if (key === undefined || !(key in all)) {
+      const guess = long ? closest(name, Object.keys(all)) : undefined;
+      throw new UsageError(`unknown option ${long ? `--${name}` : arg}${guess ? ` (did you mean --${guess}?)` : ''}; ${hint}`);
+    }
+    if (all[key].type === 'string' && !arg.includes('=')) {
+      const value = argv[i + 1];
+      if (value === undefined || (value.startsWith('-') && !/^-\d/.test(value))) {
+        throw new UsageError(`--${key} needs a value${value === undefined ? '' : ` (got the option ${value})`}; ${hint}`);
+      }
+      args.push(`--${key}=${value}`);
+      i += 1;
+      continue;
+    }
+    if (all[key].type === 'boolean' && arg.includes('=')) throw new UsageError(`--${key} takes no value; ${hint}`);
+    args.push(arg);
+  }
+  let parsed: { values: Record<string, unknown>; positionals: string[] };
+  try {
+    parsed = parseArgs({ args, options: all, allowPositionals: true });
+  } catch (err) {
+    throw new UsageError(`${(err as Error).message.split('\n')[0]}; ${hint}`);
+  }
+  if (positionals === 'none' && parsed.positionals.length > 0 && !parsed.values.help) {
+    throw new UsageError(`takes no arguments, got ${JSON.stringify(parsed.positionals[0])}; ${hint}`);
+  }
+  return parsed;
+}
+
+/** A whole-number option within [min, max]; `fallback` when it is not given. */
+function intOption(values: Record<string, unknown>, name: string, fallback: number, min: number, max: number): number {
+  const raw = values[name] as string | undefined;
+  if (raw === undefined) return fallback;
+  if (!/^-?\d+$/.test(raw.trim()) || Number(raw) < min || Number(raw) > max) {
+    throw new UsageError(`--${name} must be a whole number from ${min} to ${max}, got ${JSON.stringify(raw)}`);
+  }
+  return Number(raw);
 }
 
 /** Run one CLI command; resolves with the exit code. */
@@ -116,7 +192,9 @@ export async function main(argv: string[], io: CliIO = { env: process.env, stdou
     return 0;
   }
   if (!(command in HELP) || command === 'main') {
-    say(`waymark: unknown command ${JSON.stringify(command)}\n\n${HELP.main}`);
+    const commands = Object.keys(HELP).filter((c) => c !== 'main');
+    const guess = closest(command, commands);
+    say(`waymark: unknown command ${JSON.stringify(command)}${guess ? ` (did you mean ${guess}?)` : ''}; the commands are ${commands.join(', ')} ('waymark --help' says more)`);
     return 2;
   }
   try {
@@ -137,6 +215,10 @@ export async function main(argv: string[], io: CliIO = { env: process.env, stdou
     if (err instanceof UsageError) {
       say(`waymark ${command}: ${err.message}`);
       return 2;
+    }
+    if (err instanceof Unreachable) {
+      say(`waymark ${command}: ${err.message}`);
+      return 1;
     }
     say(`waymark ${command}: ${(err as Error).message}`);
     return 1;
@@ -182,7 +264,7 @@ function routeAutobahnWarnings(logger: Logger): void {
 }
 
 async function serve(argv: string[], io: CliIO): Promise<number> {
-  const { values } = parse('serve', argv, {});
+  const { values } = parse('serve', argv, {}, 'none');
   if (values.help) { io.stdout.write(`${HELP.serve}\n`); return 0; }
   const config = loadConfig(io.env);
   const logger = createLogger({ level: config.logLevel, format: config.logFormat, stream: io.stderr });
@@ -193,6 +275,9 @@ async function serve(argv: string[], io: CliIO): Promise<number> {
     await waymark.start();
   } catch (err) {
     await waymark.stop();
+    // ioredis only says "Connection is closed."; say which service and why
+    const redisProblem = err instanceof ConfigError ? null : await checkRedis(config.redisUrl);
+    if (redisProblem) throw new Unreachable(`Redis is unreachable at ${redactUrl(config.redisUrl)}: ${redisProblem} (check WAYMARK_REDIS_URL)`);
     throw err;
   }
   return stopped;
@@ -200,23 +285,25 @@ async function serve(argv: string[], io: CliIO): Promise<number> {
 
 async function checkRedis(url: string): Promise<string | null> {
   const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 2_000 });
-  redis.on('error', () => undefined);
+  // connect() only says "Connection is closed."; the event carries ECONNREFUSED, ENOTFOUND, NOAUTH ...
+  let cause: unknown;
+  redis.on('error', (err: unknown) => { cause ??= err; });
   try {
     await redis.connect();
     await redis.ping();
     return null;
   } catch (err) {
-    return (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+    const e = (cause ?? err) as NodeJS.ErrnoException;
+    return e.code ?? e.message;
   } finally {
     redis.disconnect();
   }
 }
 
 async function dev(argv: string[], io: CliIO): Promise<number> {
-  const { values } = parse('dev', argv, { 'api-port': { type: 'string' } });
+  const { values } = parse('dev', argv, { 'api-port': { type: 'string' } }, 'none');
   if (values.help) { io.stdout.write(`${HELP.dev}\n`); return 0; }
-  const apiPort = Number((values['api-port'] as string | undefined) ?? 8000);
-  if (!Number.isInteger(apiPort) || apiPort < 0 || apiPort > 65535) throw new UsageError(`--api-port must be a port number\n\n${HELP.dev}`);
+  const apiPort = intOption(values, 'api-port', 8000, 0, 65535);
   // The router is ours in dev, so the component authenticates with a ticket made up here,
   // exactly as it would against Crossbar's `backend` role.
   const ticket = randomBytes(18).toString('base64url');
@@ -263,13 +350,14 @@ async function dev(argv: string[], io: CliIO): Promise<number> {
     cleanup.push(() => router.close());
     let apiUrl = io.env.WAYMARK_API_URL;
     if (!apiUrl) {
-      const bumper = createBumper(bumperOptions(preliminary));
-      cleanup.push(() => bumper.close());
+      const bumperRedis = redisForEdits(preliminary.redisUrl, logger.child({ module: 'demo-api' }));
+      const bumper = createBumper({ ...bumperOptions(preliminary), redis: bumperRedis });
+      cleanup.push(async () => { await bumper.close(); bumperRedis.disconnect(); });
       let api;
       try {
         api = await demo.startDemoApi({
           port: apiPort,
-          bump: async (path) => { await bumper.bump(path); },
+          bump: async (path) => { await bumpOrSay(bumper, bumperRedis, path); },
           page: { routerUrl: router.url, realm: preliminary.realm },
         });
       } catch (err) {
@@ -292,9 +380,22 @@ async function dev(argv: string[], io: CliIO): Promise<number> {
       ...(config.adminPort ? [`  admin     http://${config.adminHost}:${waymark.adminAddress?.port ?? config.adminPort}/metrics`] : []),
       '',
       'Next, in another terminal:',
-      '  npx waymark watch /users/1 --token alice --snapshot',
-      '  npx waymark bump /users/1',
-      ...(io.env.WAYMARK_API_URL ? [] : [`  curl -X PUT -H 'Authorization: Bearer alice' -d '{"bio":"hello"}' ${apiUrl}/users/1`]),
+      ...(io.env.WAYMARK_API_URL
+        ? [
+          '  npx waymark watch /users/1 --snapshot     # add --token T: it is sent to your API as the user',
+          '  # change /users/1 in your API, then tell Waymark, as your backend will:',
+          '  npx waymark bump /users/1',
+          "  (a bump makes Waymark refetch; watchers get an Update only if the API's answer changed)",
+        ]
+        : [
+          '  1. npx waymark watch /users/1 --token alice --snapshot',
+          "     prints /users/1 as alice sees it, then one line per change",
+          `  2. curl -X PUT -H 'Authorization: Bearer alice' -d '{"bio":"hello"}' ${apiUrl}/users/1`,
+          '     an edit: the demo API bumps /users/1 itself, and the watcher prints the new bio',
+          `  3. curl -s -H 'Authorization: Bearer bob' ${apiUrl}/users/1 >/dev/null; npx waymark bump /users/1`,
+          "     bob's view counts in \"views\" without a bump; the bump makes Waymark refetch, and the watcher prints views + 1",
+          "  A bump with nothing changed pushes nothing: watchers get an Update only if the API's answer changed.",
+        ]),
       '',
     ];
     io.stdout.write(lines.join('\n') + '\n');
@@ -313,17 +414,15 @@ async function watch(argv: string[], io: CliIO): Promise<number> {
     count: { type: 'string' },
   });
   if (values.help) { io.stdout.write(`${HELP.watch}\n`); return 0; }
-  if (positionals.length !== 1) throw new UsageError(`give exactly one path\n\n${HELP.watch}`);
+  if (positionals.length !== 1) throw new UsageError(`give exactly one path, e.g. waymark watch /users/1 --token alice${positionals.length ? ` (got ${positionals.length})` : ''}`);
   const headers: Record<string, string> = {};
   for (const h of (values.header as string[] | undefined) ?? []) {
     const i = h.indexOf(':');
     if (i <= 0) throw new UsageError(`--header must look like Name:value, got ${JSON.stringify(h)}`);
     headers[h.slice(0, i).trim()] = h.slice(i + 1).trim();
   }
-  const count = values.count === undefined ? Infinity : Number(values.count as string);
-  if (!(count > 0)) throw new UsageError('--count must be a positive number');
-  const url = io.env.WAYMARK_ROUTER_URL || 'ws://127.0.0.1:8080/ws';
-  const realm = io.env.WAYMARK_REALM || 'realm1';
+  const count = intOption(values, 'count', Infinity, 1, 1_000_000_000);
+  const { routerUrl: url, realm } = loadRouterTarget(io.env);
   const options: Record<string, unknown> = {};
   if (values.token !== undefined) options.token = values.token;
   if (Object.keys(headers).length) options.headers = headers;
@@ -335,7 +434,11 @@ async function watch(argv: string[], io: CliIO): Promise<number> {
     let printed = 0;
     let done = false;
     let closed = false;
-    const connection = new autobahn.Connection({ url, realm, protocols: WAMP_SUBPROTOCOLS, max_retries: 0 });
+    const connection = new autobahn.Connection({
+      url, realm, protocols: WAMP_SUBPROTOCOLS, max_retries: 0,
+      // autobahn prints a stack trace for a transport it cannot create; one line says enough
+      on_internal_error: (err: unknown) => finish(1, `cannot connect to ${url}: ${(err as Error)?.message ?? String(err)}`),
+    } as autobahn.IConnectionOptions);
     const finish = (code: number, message?: string) => {
       if (done) return;
       done = true;
@@ -362,9 +465,12 @@ async function watch(argv: string[], io: CliIO): Promise<number> {
     };
     connection.onclose = (reason, details) => {
       closed = true; // closing it again from here would throw inside autobahn
+      const refusal = (details as { reason?: string; message?: string })?.reason;
       finish(1, reason === 'lost'
         ? `lost the connection to the router at ${url}`
-        : `cannot reach the router at ${url} (${(details as { reason?: string })?.reason ?? reason})`);
+        : refusal
+          ? `the router at ${url} refused the session: ${refusal}${(details as { message?: string }).message ? ` (${(details as { message?: string }).message})` : ''}${/no_such_realm/.test(refusal) ? `; check WAYMARK_REALM (${realm})` : ''}`
+          : `cannot reach the router at ${url} (${reason})`);
       return true;
     };
     process.once('SIGINT', () => finish(0));
@@ -373,55 +479,121 @@ async function watch(argv: string[], io: CliIO): Promise<number> {
   });
 }
 
+/**
+ * A Redis client for one short command: no reconnects and no offline queue, so an outage is one
+ * clear error at once instead of ioredis' retries and "Unhandled error event" traces.
+ */
+async function connectRedisOnce(url: string, timeoutMs = 3_000): Promise<Redis> {
+  const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: timeoutMs, enableOfflineQueue: false });
+  let cause: unknown;
+  redis.on('error', (err: unknown) => { cause ??= err; });
+  try {
+    await redis.connect();
+    return redis;
+  } catch (err) {
+    redis.disconnect();
+    // connect() only says "Connection is closed."; the event carries ECONNREFUSED, ENOTFOUND, NOAUTH ...
+    const e = (cause ?? err) as NodeJS.ErrnoException;
+    throw new Unreachable(`Redis is unreachable at ${redactUrl(url)}: ${e.code ?? e.message} (check WAYMARK_REDIS_URL)`);
+  }
+}
+
+/**
+ * The demo API's Redis for the bumps after each edit: it keeps reconnecting, an edit made while
+ * Redis is down fails its bump at once (no queue), and an outage is one warning when it starts
+ * (ioredis would print an "Unhandled error event" trace for every attempt).
+ */
+function redisForEdits(url: string, logger: Logger): Redis {
+  const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, enableOfflineQueue: false, retryStrategy: (n) => Math.min(100 * 2 ** n, 5_000) });
+  let down = false;
+  redis.on('error', (err: NodeJS.ErrnoException) => {
+    if (down) return;
+    down = true;
+    logger.warn('Redis is unreachable: edits are saved but not bumped until it is back', { url: redactUrl(url), error: err.code ?? err.message });
+  });
+  redis.on('ready', () => {
+    if (down) logger.info('Redis is back: edits are bumped again', { url: redactUrl(url) });
+    down = false;
+  });
+  redis.connect().catch(() => undefined);
+  return redis;
+}
+
+/** One bump after an edit; while Redis is down, an error that says so (ioredis' says "Stream isn't writeable"). */
+async function bumpOrSay(bumper: ReturnType<typeof createBumper>, redis: Redis, path: string): Promise<void> {
+  if (redis.status !== 'ready') throw new Error(`Redis is unreachable at ${redactUrl(redis.options.host ? `redis://${redis.options.host}:${redis.options.port}` : 'redis')}`);
+  await bumper.bump(path);
+}
+
+/** A service the command needs is down: exit 1 (an outage, not a usage error). */
+class Unreachable extends Error {}
+
 async function bump(argv: string[], io: CliIO): Promise<number> {
   const { values, positionals } = parse('bump', argv, { id: { type: 'string' } });
   if (values.help) { io.stdout.write(`${HELP.bump}\n`); return 0; }
-  if (positionals.length === 0) throw new UsageError(`give one or more paths\n\n${HELP.bump}`);
+  if (positionals.length === 0) throw new UsageError('give one or more paths, e.g. waymark bump /users/1');
+  const bad = positionals.find((p) => !p.startsWith('/'));
+  if (bad !== undefined) throw new UsageError(`a path starts with /, got ${JSON.stringify(bad)}`);
   const target = loadBumpTarget(io.env);
-  const bumper = createBumper(bumperOptions(target));
+  const redis = await connectRedisOnce(target.redisUrl);
+  const bumper = createBumper({ ...bumperOptions(target), redis });
   try {
     const receivers = await bumper.bump(positionals, { id: values.id as string | undefined });
-    if (target.bumpStream) io.stderr.write(`waymark bump: added ${positionals.length} path(s) to stream ${target.bumpStream}\n`);
-    else io.stderr.write(`waymark bump: published ${positionals.length} path(s) on ${target.bumpChannel}; ${receivers} Waymark subscriber(s) received it\n`);
+    const what = `${positionals.length} path${positionals.length === 1 ? '' : 's'}`;
+    if (target.bumpStream) {
+      io.stderr.write(`waymark bump: added ${what} to stream ${target.bumpStream}; every Waymark instance reads it, and watchers get an Update only if the API's answer changed\n`);
+    } else if (receivers === 0) {
+      io.stderr.write(`waymark bump: published ${what} on ${target.bumpChannel}, but no Waymark instance is subscribed to it: is 'waymark serve' running with this WAYMARK_REDIS_URL and WAYMARK_BUMP_CHANNEL?\n`);
+    } else {
+      io.stderr.write(`waymark bump: published ${what} on ${target.bumpChannel}; ${receivers} Waymark subscriber${receivers === 1 ? '' : 's'} received it; watchers get an Update only if the API's answer changed\n`);
+    }
     return 0;
   } finally {
     await bumper.close();
+    redis.disconnect();
   }
 }
 
 async function demoApi(argv: string[], io: CliIO): Promise<number> {
-  const { values } = parse('demo-api', argv, { host: { type: 'string' }, port: { type: 'string' }, 'router-url': { type: 'string' } });
+  const { values } = parse('demo-api', argv, { host: { type: 'string' }, port: { type: 'string' }, 'router-url': { type: 'string' } }, 'none');
   if (values.help) { io.stdout.write(`${HELP['demo-api']}\n`); return 0; }
   const routerUrl = values['router-url'] as string | undefined;
-  if (routerUrl !== undefined && !/^wss?:\/\/[^\s]+$/.test(routerUrl)) throw new UsageError(`--router-url must be a ws:// or wss:// URL\n\n${HELP['demo-api']}`);
+  if (routerUrl !== undefined && !/^wss?:\/\/[^\s]+$/.test(routerUrl)) throw new UsageError(`--router-url must be a ws:// or wss:// URL, got ${JSON.stringify(routerUrl)}`);
+  const port = intOption(values, 'port', 8000, 0, 65535);
   const { startDemoApi } = await import('../dev/demo-api.js');
-  const bumper = createBumper(bumperOptions(loadBumpTarget(io.env)));
+  const target = loadBumpTarget(io.env);
+  const logger = createLogger({ level: 'info', format: 'json', stream: io.stderr });
+  const bumperRedis = redisForEdits(target.redisUrl, logger);
+  const bumper = createBumper({ ...bumperOptions(target), redis: bumperRedis });
   const api = await startDemoApi({
     host: (values.host as string | undefined) ?? '127.0.0.1',
-    port: Number((values.port as string | undefined) ?? 8000),
-    bump: async (path) => { await bumper.bump(path); },
+    port,
+    bump: async (path) => { await bumpOrSay(bumper, bumperRedis, path); },
     ...(routerUrl ? { page: { routerUrl, realm: io.env.WAYMARK_REALM || 'realm1' } } : {}),
   });
-  const logger = createLogger({ level: 'info', format: 'json', stream: io.stderr });
   logger.info('demo API listening', { url: api.url, ...(routerUrl ? { demoPage: `${api.url}/`, routerUrl } : {}) });
-  return untilSignal(async () => { await api.close(); await bumper.close(); }, logger, 5_000);
+  return untilSignal(async () => { await api.close(); await bumper.close(); bumperRedis.disconnect(); }, logger, 5_000);
 }
 
 async function doctor(argv: string[], io: CliIO): Promise<number> {
-  const { values } = parse('doctor', argv, { 'timeout-ms': { type: 'string' } });
+  const { values } = parse('doctor', argv, { 'timeout-ms': { type: 'string' }, 'listen-ms': { type: 'string' } }, 'none');
   if (values.help) { io.stdout.write(`${HELP.doctor}\n`); return 0; }
-  const timeoutMs = Number((values['timeout-ms'] as string | undefined) ?? 3_000);
-  if (!Number.isInteger(timeoutMs) || timeoutMs < 1) throw new UsageError(`--timeout-ms must be a positive whole number\n\n${HELP.doctor}`);
-  const config = loadConfig(io.env);
+  const timeoutMs = intOption(values, 'timeout-ms', 3_000, 1, 600_000);
+  const listenMs = intOption(values, 'listen-ms', 0, 0, 600_000);
+  // Beside `waymark dev` nothing is set: check the setup it prints (its demo API on 8000).
+  const devDefaults = !io.env.WAYMARK_API_URL?.trim();
+  const config = loadConfig(devDefaults ? { ...io.env, WAYMARK_API_URL: DEV_API_URL } : io.env);
   // the check lines are the whole output: autobahn's console chatter goes to a quiet logger
   routeAutobahnWarnings(createLogger({ level: 'warn', stream: io.stderr }));
   const { runDoctor, formatResult } = await import('./ops/doctor.js');
-  io.stdout.write(`waymark doctor ${VERSION}: router ${redactUrl(config.routerUrl)} realm ${config.realm}, redis ${redactUrl(config.redisUrl)}, API ${config.apiUrl}\n`);
-  const results = await runDoctor(config, { timeoutMs, onResult: (r) => io.stdout.write(`${formatResult(r)}\n`) });
+  io.stdout.write(`waymark doctor ${VERSION}: ${devDefaults ? "WAYMARK_API_URL is not set, so checking the dev setup 'waymark dev' prints: " : ''}router ${redactUrl(config.routerUrl)} realm ${config.realm}, redis ${redactUrl(config.redisUrl)}, API ${config.apiUrl}\n`);
+  if (listenMs) io.stdout.write(`(the bumps check watches Redis for ${listenMs} ms: change something in your app meanwhile)\n`);
+  const results = await runDoctor(config, { timeoutMs, listenMs, onResult: (r) => io.stdout.write(`${formatResult(r)}\n`) });
   const failed = results.filter((r) => r.status === 'fail').map((r) => r.name);
   const skipped = results.filter((r) => r.status === 'skip').length;
+  const skippedNames = results.filter((r) => r.status === 'skip').map((r) => r.name);
   io.stdout.write(failed.length === 0
-    ? `all ${results.length} checks passed\n`
+    ? (skipped ? `${results.length - skipped} of ${results.length} checks passed, ${skippedNames.join(', ')} not checked\n` : `all ${results.length} checks passed\n`)
     : `${failed.length} of ${results.length} checks failed (${failed.join(', ')})${skipped ? `, ${skipped} not checked` : ''}\n`);
   return failed.length === 0 ? 0 : 1;
 }

@@ -1,8 +1,11 @@
 import { expect } from 'chai';
-import { connectWaymark, type ClientUpdate, type ConnectionState, type WaymarkClient } from '../lib/client/client.js';
-import { testEnv, waitFor } from './helpers/env.js';
+import autobahn from 'autobahn';
+import { connectWaymark, WaymarkClient, WaymarkClientError, type ClientUpdate, type ConnectionState } from '../lib/client/client.js';
+import { PROC_AUTHORIZE } from '../lib/protocol/uris.js';
+import { sleep, testEnv, waitFor } from './helpers/env.js';
 import { startWaymark, type Harness } from './helpers/harness.js';
 import { Upstream, upstreamVersion } from './helpers/upstream.js';
+import { Client } from './helpers/wamp-client.js';
 
 describe('waymark/client', function () {
   let api: Upstream;
@@ -99,5 +102,123 @@ describe('waymark/client', function () {
     await wm.bump('/f');
     await waitFor('the update', () => got.length === 1);
     expect(got[0].json).to.deep.include({ token: 'new' });
+  });
+});
+
+describe('waymark/client while Waymark is away', function () {
+  this.timeout(20_000);
+  let api: Upstream;
+  let wm: Harness | undefined;
+  let client: WaymarkClient | undefined;
+  let standIn: Client | undefined;
+
+  beforeEach(async function () {
+    upstreamVersion.value = 1;
+    api = await new Upstream().start();
+  });
+
+  afterEach(async function () {
+    await client?.close();
+    client = undefined;
+    await wm?.close();
+    wm = undefined;
+    await standIn?.close();
+    standIn = undefined;
+    await api.close();
+  });
+
+  /** The client's errors, as reported. */
+  const errorsOf = (c: WaymarkClient) => {
+    const out: WaymarkClientError[] = [];
+    c.on('error', (e) => out.push(e as WaymarkClientError));
+    return out;
+  };
+
+  it('a first connect before Waymark has registered retries, and resolves once it is open', async function () {
+    const c = new WaymarkClient({ url: testEnv.routerUrl, realm: testEnv.realm, maxRetryDelay: 0.3 });
+    client = c;
+    const errors = errorsOf(c);
+    const states: ConnectionState[] = [];
+    c.on('state', (st) => states.push(st));
+    let opened = false;
+    const open = c.open().then(() => { opened = true; });
+    open.catch(() => undefined); // close() in afterEach rejects it when an assertion failed first
+    await waitFor('two refused attempts', () => errors.length >= 2);
+    expect(opened).to.equal(false);
+    expect(c.state).to.equal('connecting');
+    expect(errors[0]).to.be.instanceOf(WaymarkClientError);
+    expect(errors[0]).to.include({ uri: 'wamp.error.authorization_failed', step: 'subscribe' });
+    expect(errors[0].retryInMs).to.be.a('number').and.at.most(300);
+    wm = await startWaymark(api.url);
+    await open;
+    expect(c.state).to.equal('open');
+    const got: ClientUpdate[] = [];
+    await c.watch('/first', { token: 't', snapshot: true }, (u) => got.push(u));
+    expect(got).to.have.length(1);
+    expect(states).to.deep.equal(['open']);
+  });
+
+  it('a session lost mid-retry stops retrying; the new session retries on its own', async function () {
+    const c = new WaymarkClient({ url: testEnv.routerUrl, realm: testEnv.realm, maxRetryDelay: 0.3 });
+    client = c;
+    const errors = errorsOf(c);
+    const open = c.open();
+    open.catch(() => undefined); // close() in afterEach rejects it when an assertion failed first
+    await waitFor('a refused attempt', () => errors.length >= 1);
+    type JoinView = { session: { id: number }; failures: number; timer?: unknown };
+    const internals = c as unknown as { join?: JoinView; connection: { _transport: { close(): void } } };
+    const old = internals.join!;
+    const before = errors.length;
+    internals.connection._transport.close();
+    await waitFor('a new session', () => internals.join !== undefined && internals.join !== old);
+    const failures = old.failures;
+    expect(old.timer).to.equal(undefined);
+    await waitFor('refused attempts on the new session', () => internals.join!.failures >= 2);
+    expect(old.failures).to.equal(failures);
+    // every error since the drop is one of the new session's attempts
+    expect(errors.length - before).to.equal(internals.join!.failures);
+    wm = await startWaymark(api.url);
+    await open;
+    expect(c.state).to.equal('open');
+  });
+
+  it('close() before the first join completes rejects open() and stops retrying', async function () {
+    const c = new WaymarkClient({ url: testEnv.routerUrl, realm: testEnv.realm, maxRetryDelay: 0.3 });
+    const errors = errorsOf(c);
+    const open = c.open().then(() => 'opened', (e: Error) => e.message);
+    await waitFor('a refused attempt', () => errors.length >= 1);
+    await c.close();
+    expect(await open).to.equal('closed before it opened');
+    const n = errors.length;
+    await sleep(700);
+    expect(errors.length).to.equal(n);
+    expect(c.state).to.equal('closed');
+  });
+
+  it('a re-watch refused after a lost session catches up (snapshot) when Waymark announces itself, before the next back-off step', async function () {
+    wm = await startWaymark(api.url);
+    client = await connectWaymark({ url: testEnv.routerUrl, realm: testEnv.realm, maxRetryDelay: 10, rewatchJitterMs: 20 });
+    const errors = errorsOf(client);
+    const got: ClientUpdate[] = [];
+    await client.watch('/late', { token: 't' }, (u) => got.push(u));
+    // A stand-in keeps the authorizer registered (as when Waymark has registered it but not yet
+    // its procedures): browsers may subscribe, and a watch finds no callee.
+    standIn = await Client.connect({ authid: testEnv.authid, ticket: testEnv.ticket });
+    await standIn.session.register(PROC_AUTHORIZE, () => false, { invoke: 'roundrobin' } as autobahn.IRegisterOptions);
+    await wm.close();
+    wm = undefined;
+    // the client's own connection drops too: its watch must be made again on a new session
+    (client as unknown as { connection: { _transport: { close(): void } } }).connection._transport.close();
+    await waitFor('four refused re-watches', () => errors.filter((e) => e.step === 'watch').length >= 4, 10_000);
+    expect(errors.at(-1)).to.include({ uri: 'wamp.error.no_such_procedure', path: '/late' });
+    expect(client.state).to.equal('reconnecting');
+    upstreamVersion.value = 7; // changed while nobody could tell the client; no bump follows
+    const last = errors.at(-1)!;
+    const nextRetry = last.retryInMs! + Date.now();
+    wm = await startWaymark(api.url);
+    await waitFor('the catch-up', () => (got.at(-1)?.json as { version?: number } | undefined)?.version === 7, 10_000);
+    expect(Date.now(), 'caught up before the back-off step was due').to.be.below(nextRetry);
+    expect(errors.at(-1)).to.equal(last);
+    await waitFor('open again', () => client!.state === 'open');
   });
 });

@@ -7,7 +7,7 @@ import { createRequire } from 'node:module';
 import { expect } from 'chai';
 import autobahn from 'autobahn';
 import { startDevRouter, type DevRouter } from '../dev/router.js';
-import { sessionTopic, WAMP_SUBPROTOCOLS } from '../lib/protocol/uris.js';
+import { ANNOUNCE_TOPIC, PROC_AUTHORIZE, sessionTopic, WAMP_SUBPROTOCOLS } from '../lib/protocol/uris.js';
 
 const TICKETS = { waymark: 'tkt-waymark', other: 'tkt-other' };
 
@@ -129,6 +129,16 @@ describe('dev router adapter (fox-wamp behaving like Crossbar 22.6.1)', function
   let url = '';
   const backend = (authid: keyof typeof TICKETS = 'waymark') => connect(url, { authid, ticket: TICKETS[authid] });
   const frontend = () => connect(url);
+  /**
+   * A backend holding the `waymark.authorize` registration, as Waymark does: without one the
+   * router refuses every frontend action (the adapter applies the in-process rule, so the
+   * procedure itself is never called).
+   */
+  const authorizer = async (authid: keyof typeof TICKETS = 'waymark') => {
+    const b = await backend(authid);
+    await b.session.register(PROC_AUTHORIZE, () => { throw new Error('the adapter does not call the registered authorizer'); }, { invoke: 'roundrobin' } as autobahn.IRegisterOptions);
+    return b;
+  };
 
   before(async function () {
     // This spec tests the adapter itself, not an external router: when the suite runs against
@@ -243,7 +253,7 @@ describe('dev router adapter (fox-wamp behaving like Crossbar 22.6.1)', function
     });
 
     it('lets frontend call the client procedures and subscribe to its own session topic', async function () {
-      const b = await backend();
+      const b = await authorizer();
       for (const proc of ['waymark.watch', 'waymark.unwatch', 'waymark.refresh']) {
         await b.session.register(proc, () => proc);
       }
@@ -259,7 +269,7 @@ describe('dev router adapter (fox-wamp behaving like Crossbar 22.6.1)', function
     });
 
     it('denies frontend everything else with wamp.error.not_authorized', async function () {
-      const b = await backend();
+      const b = await authorizer();
       await b.session.register('test.secret', () => 'secret');
       const f = await frontend();
       const other = await frontend();
@@ -279,6 +289,39 @@ describe('dev router adapter (fox-wamp behaving like Crossbar 22.6.1)', function
       expect(f.conn.isOpen).to.equal(true);
     });
 
+    it('fails every frontend action with wamp.error.authorization_failed while no session has registered waymark.authorize (gap 8)', async function () {
+      const b = await backend();
+      await b.session.register('waymark.watch', () => 'ok');
+      const f = await frontend();
+      const failed = async () => [
+        await wampError(f.session.subscribe(sessionTopic(f.id), () => undefined)),
+        await wampError(f.session.subscribe(ANNOUNCE_TOPIC, () => undefined)),
+        await wampError(f.session.call('waymark.watch', ['/x'])),
+        await wampError(f.session.publish(ANNOUNCE_TOPIC, ['x'], {}, { acknowledge: true })),
+      ].map((e) => e.error);
+      expect(await failed()).to.deep.equal(Array(4).fill('wamp.error.authorization_failed'));
+      // the backend role has static permissions: no authorizer involved
+      const got: unknown[] = [];
+      await b.session.subscribe(ANNOUNCE_TOPIC, (args) => { got.push(args![0]); });
+      expect(await b.session.call('waymark.watch', ['/x'])).to.equal('ok');
+
+      // Two instances share the registration: one leaving keeps the role served.
+      const a1 = await authorizer();
+      const a2 = await authorizer('other');
+      await f.session.subscribe(sessionTopic(f.id), () => undefined);
+      await f.session.subscribe(ANNOUNCE_TOPIC, () => undefined);
+      expect(await f.session.call('waymark.watch', ['/x'])).to.equal('ok');
+      await a1.close();
+      expect(await f.session.call('waymark.watch', ['/y'])).to.equal('ok');
+      // The last one leaving (a kill: the socket just drops) leaves the role unserved again.
+      (a2.conn as unknown as { _transport: { close(): void } })._transport.close();
+      await a2.closed;
+      await waitFor(async () => (await liveSessions(b)).includes(a2.id) === false, 'the authorizer session gone');
+      expect(await failed()).to.deep.equal(Array(4).fill('wamp.error.authorization_failed'));
+      // the refusals cost the frontend session nothing
+      expect(f.conn.isOpen).to.equal(true);
+    });
+
     it('does not deliver a denied frontend publish (without acknowledge) and keeps the session', async function () {
       const b = await backend();
       const f = await frontend();
@@ -294,7 +337,7 @@ describe('dev router adapter (fox-wamp behaving like Crossbar 22.6.1)', function
 
   describe('caller disclosure', function () {
     it('discloses a frontend caller of an authorizer-allowed procedure', async function () {
-      const b = await backend();
+      const b = await authorizer();
       let seen: any;
       await b.session.register('waymark.watch', (_a, _k, details) => { seen = details; return 'ok'; });
       const f = await frontend();
@@ -492,6 +535,28 @@ describe('dev router adapter (fox-wamp behaving like Crossbar 22.6.1)', function
       expect(got).to.include({ session: f.id, authid: f.details.authid, authrole: 'frontend' });
       const missing = await wampError(b.session.call('wamp.session.get', [12345]));
       expect(missing.error).to.equal('wamp.error.no_such_session');
+    });
+  });
+
+  describe('a peer gone mid-write', function () {
+    it('drops the connection whose send failed and keeps routing (no uncaught error)', async function () {
+      const b = await backend();
+      const victim = await rawJoin(url, { authid: 'other', ticket: TICKETS.other });
+      victim.ws.send(JSON.stringify([32, 1, {}, 'test.flood']));
+      await new Promise<void>((resolve) => victim.ws.on('message', (d: Buffer) => { if (JSON.parse(d.toString())[0] === 33) resolve(); }));
+      const big = 'x'.repeat(64 * 1024);
+      // events queue up on the router's side of the socket; the peer resets it meanwhile
+      for (let i = 0; i < 200; i++) b.session.publish('test.flood', [big]);
+      await sleep(5);
+      victim.ws._socket.resetAndDestroy();
+      for (let i = 0; i < 200; i++) b.session.publish('test.flood', [big]);
+      await waitFor(async () => !(await liveSessions(b)).includes(victim.id), 'the victim dropped');
+      // still routing: a fresh subscriber gets an event
+      const other = await backend('other');
+      const got: unknown[] = [];
+      await other.session.subscribe('test.after', (args) => { got.push(args![0]); });
+      await b.session.publish('test.after', ['ok'], {}, { acknowledge: true });
+      await waitFor(() => got.length === 1, 'the event after');
     });
   });
 

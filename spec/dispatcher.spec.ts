@@ -1,11 +1,12 @@
 import { expect } from 'chai';
-import { Dispatcher } from '../lib/engine/dispatcher.js';
+import { Dispatcher, usableValidators } from '../lib/engine/dispatcher.js';
 import type { Fetcher } from '../lib/engine/fetcher.js';
 import { silentLogger } from '../lib/support/logger.js';
 import { Metrics } from '../lib/support/metrics.js';
 import type { Publisher } from '../lib/engine/publisher.js';
 import type { Bump, FetchRequest, FetchResult, SessionId, Update } from '../lib/protocol/types.js';
 import { WatchRegistry } from '../lib/engine/watch-registry.js';
+import { sleep, waitFor } from './helpers/env.js';
 
 /** Recording fakes at our own seams (the only fakes in the suite). */
 class RecordingFetcher implements Fetcher {
@@ -260,15 +261,22 @@ describe('dispatcher engine', function () {
     expect(publisher.published).to.have.length(6);
   });
 
-  it('honours 503 with Retry-After: pauses the queue, then retries once', async function () {
+  it('honours 503 with Retry-After: pushes the 503, pauses that path only, then refetches it without a bump', async function () {
+    dispatcher = new Dispatcher({ registry, fetcher, publisher, logger: silentLogger(), metrics, concurrency: 4, pushUnchanged: false, retryBaseMs: 10 });
     registry.upsert(1, '/a', {});
     registry.upsert(2, '/b', { cookie: 'x' });
     fetcher.scripted.push({ status: 503, retryAfterMs: 150 });
     const started = Date.now();
     await dispatcher.dispatch(bump('/a'));
-    expect(fetcher.requests.map((r) => r.path)).to.deep.equal(['/a', '/a']);
+    expect(publisher.published.map((p) => p.update.status)).to.deep.equal([503]);
+    await dispatcher.dispatch(bump('/b')); // another path: not paused
+    expect(Date.now() - started).to.be.below(100);
+    await dispatcher.dispatch(bump('/a')); // a bump during the pause waits for it
+    expect(fetcher.requests.map((r) => r.path)).to.deep.equal(['/a', '/b']);
+    await waitFor('the retry after the pause', () => publisher.published.length === 3, 2_000);
     expect(Date.now() - started).to.be.at.least(140);
-    expect(publisher.published.map((p) => p.update.status)).to.deep.equal([200]);
+    expect(fetcher.requests.map((r) => r.path)).to.deep.equal(['/a', '/b', '/a']);
+    expect(publisher.published.map((p) => p.update.status)).to.deep.equal([503, 200, 200]);
   });
 
   it('suspends every watch of a group on 401, and a bump then costs nothing', async function () {
@@ -317,5 +325,165 @@ describe('watch registry', function () {
     r.upsert(1, '/a', { cookie: 'c' });
     expect(() => r.upsert(1, '/b', {})).to.throw(/limit/);
     r.upsert(2, '/b', {});
+  });
+});
+
+describe('dispatcher retries (a watch converges after any single failed fetch)', function () {
+  let registry: WatchRegistry;
+  let fetcher: RecordingFetcher;
+  let publisher: RecordingPublisher;
+  let dispatcher: Dispatcher;
+  const timeout: Partial<FetchResult> = { status: 0, body: '', error: { code: 'timeout', message: 'slow' } };
+  const make = (opts: { concurrency?: number; retryBaseMs?: number; maxRetryAfterMs?: number; pushUnchanged?: boolean } = {}) => {
+    registry = new WatchRegistry(1000);
+    fetcher = new RecordingFetcher();
+    publisher = new RecordingPublisher();
+    dispatcher = new Dispatcher({
+      registry, fetcher, publisher, logger: silentLogger(), metrics: new Metrics(),
+      concurrency: opts.concurrency ?? 8, pushUnchanged: opts.pushUnchanged ?? false, retryBaseMs: opts.retryBaseMs ?? 10,
+      ...(opts.maxRetryAfterMs ? { maxRetryAfterMs: opts.maxRetryAfterMs } : {}),
+    });
+  };
+  const times: number[] = [];
+  beforeEach(() => {
+    make();
+    times.length = 0;
+  });
+  const stamp = () => {
+    const inner = fetcher.fetch.bind(fetcher);
+    fetcher.fetch = (req) => { times.push(performance.now()); return inner(req); };
+  };
+
+  it('retries with growing, jittered delays until an answer; the error is published once, then the answer', async function () {
+    stamp();
+    registry.upsert(1, '/a', {});
+    fetcher.scripted.push(timeout, timeout, timeout, timeout);
+    const b = bump('/a');
+    await dispatcher.dispatch(b);
+    await waitFor('the answer', () => publisher.published.length === 2, 2_000);
+    expect(publisher.published.map((p) => p.update.status)).to.deep.equal([0, 200]);
+    expect(fetcher.requests.map((r) => r.reason)).to.deep.equal(Array(5).fill(b.id));
+    const gaps = times.slice(1).map((t, i) => t - times[i]);
+    // retryBaseMs x 2^n, jittered to 50-100 %
+    gaps.forEach((g, i) => expect(g, `gap ${i}`).to.be.at.least(10 * 2 ** i * 0.5 - 2));
+    expect(dispatcher.groupCount).to.equal(1);
+  });
+
+  it('a newer bump supersedes the pending retry: one fetch at once, none later from the old timer', async function () {
+    make({ retryBaseMs: 300 });
+    registry.upsert(1, '/a', {});
+    fetcher.scripted.push(timeout);
+    await dispatcher.dispatch(bump('/a'));
+    await dispatcher.dispatch(bump('/a'));
+    expect(fetcher.requests).to.have.length(2);
+    await sleep(400);
+    expect(fetcher.requests).to.have.length(2);
+    expect(publisher.published.map((p) => p.update.status)).to.deep.equal([0, 200]);
+  });
+
+  it('retries stop when the watch goes, and the group goes with it', async function () {
+    make({ retryBaseMs: 50 });
+    registry.upsert(1, '/a', {});
+    fetcher.scripted.push(timeout, timeout, timeout);
+    await dispatcher.dispatch(bump('/a'));
+    registry.dropSession(1);
+    expect(dispatcher.groupCount).to.equal(0);
+    await sleep(200);
+    expect(fetcher.requests).to.have.length(1);
+  });
+
+  it('retries go through the concurrency cap, at most one pending per group', async function () {
+    make({ concurrency: 2, retryBaseMs: 5 });
+    fetcher.delayMs = 5;
+    for (let s = 0; s < 10; s++) registry.upsert(s, '/a', { authorization: `Bearer ${s}` });
+    fetcher.scripted.push(...Array(10).fill(timeout));
+    await dispatcher.dispatch(bump('/a'));
+    // a burst of bumps while retries are pending does not add any
+    for (let i = 0; i < 20; i++) void dispatcher.dispatch(bump('/a'));
+    await waitFor('every group answered', () => publisher.published.filter((p) => p.update.status === 200).length === 10, 3_000);
+    expect(fetcher.maxActive).to.equal(2);
+    expect(dispatcher.queued).to.be.at.most(10);
+  });
+
+  it('shutdown drops pending retries: counted by stopStarting, never fetched', async function () {
+    make({ retryBaseMs: 100 });
+    registry.upsert(1, '/a', {});
+    registry.upsert(2, '/b', {});
+    fetcher.scripted.push(timeout, timeout);
+    await dispatcher.dispatch(bump('/a', '/b'));
+    expect(dispatcher.stopStarting()).to.equal(2);
+    await sleep(250);
+    expect(fetcher.requests).to.have.length(2);
+    expect(await dispatcher.drain(100)).to.equal(0);
+  });
+
+  it('final results are not retried: 404, 501, too_large, a request that could not be sent', async function () {
+    make({ retryBaseMs: 5 });
+    for (const [i, r] of ([
+      { status: 404 }, { status: 501 }, { status: 200, error: { code: 'too_large', message: 'big' } },
+      { status: 0, notSent: true, error: { code: 'unreachable', message: 'invalid header' } },
+    ] as Array<Partial<FetchResult>>).entries()) {
+      registry.upsert(i, `/p${i}`, {});
+      fetcher.scripted.push(r);
+      await dispatcher.dispatch(bump(`/p${i}`));
+    }
+    await sleep(100);
+    expect(fetcher.requests).to.have.length(4);
+  });
+
+  it('transient answers are retried: 408, 429, 500, 502, 503, 504 and an unparsable answer', async function () {
+    make({ retryBaseMs: 5 });
+    const transient: Array<Partial<FetchResult>> = [{ status: 408 }, { status: 429 }, { status: 500 }, { status: 502 }, { status: 503 }, { status: 504 },
+      { status: 0, error: { code: 'invalid_response' as 'unreachable', message: 'unparsable' } }];
+    for (const [i, r] of transient.entries()) {
+      registry.upsert(i, `/p${i}`, {});
+      fetcher.scripted.push(r);
+      await dispatcher.dispatch(bump(`/p${i}`));
+    }
+    await waitFor('every retry answered', () => publisher.published.filter((p) => p.update.status === 200).length === transient.length, 2_000);
+  });
+
+  it('a Retry-After beyond the maximum is clamped', async function () {
+    make({ maxRetryAfterMs: 100 });
+    registry.upsert(1, '/a', {});
+    fetcher.scripted.push({ status: 429, retryAfterMs: 3_600_000 });
+    await dispatcher.dispatch(bump('/a'));
+    await waitFor('the retry', () => fetcher.requests.length === 2, 1_000);
+  });
+
+  it('a 429 pauses that credential on every path; other credentials fetch at once', async function () {
+    registry.upsert(1, '/a', { authorization: 'Bearer limited' });
+    registry.upsert(1, '/b', { authorization: 'Bearer limited' });
+    registry.upsert(2, '/b', { authorization: 'Bearer other' });
+    fetcher.scripted.push({ status: 429, retryAfterMs: 10_000 });
+    await dispatcher.dispatch(bump('/a'));
+    await dispatcher.dispatch(bump('/b'));
+    expect(fetcher.requests.map((r) => [r.path, r.headers.authorization])).to.deep.equal([['/a', 'Bearer limited'], ['/b', 'Bearer other']]);
+    registry.dropSession(1);
+    expect(dispatcher.groupCount).to.equal(1);
+  });
+
+  it('memory follows live watches: 5 sessions x 100 paths bumped, then gone or rotated, leave no group', async function () {
+    const paths = Array.from({ length: 100 }, (_, i) => `/p/${i}`);
+    for (let s = 0; s < 5; s++) for (const p of paths) registry.upsert(s, p, { authorization: `Bearer ${s}` });
+    await dispatcher.dispatch(bump(...paths));
+    expect(dispatcher.groupCount).to.equal(500);
+    for (let s = 0; s < 5; s++) for (const w of registry.forSession(s)) registry.replaceCredentials(w, { authorization: `Bearer ${s}-new` });
+    expect(dispatcher.groupCount).to.equal(0);
+    await dispatcher.dispatch(bump(...paths));
+    expect(dispatcher.groupCount).to.equal(500);
+    for (let s = 0; s < 5; s++) registry.dropSession(s);
+    expect(dispatcher.groupCount).to.equal(0);
+  });
+});
+
+describe('usable validators (RFC 9110 8.8.2.2)', function () {
+  it('keeps an ETag, and a Last-Modified only when the Date is at least 1 s after it', function () {
+    const lm = 'Mon, 30 Nov 2026 10:00:00 GMT';
+    expect(usableValidators({ etag: '"x"', lastModified: lm, date: lm })).to.deep.equal({ etag: '"x"' });
+    expect(usableValidators({ lastModified: lm, date: lm })).to.equal(undefined);
+    expect(usableValidators({ lastModified: lm })).to.equal(undefined);
+    expect(usableValidators({ lastModified: lm, date: 'garbage' })).to.equal(undefined);
+    expect(usableValidators({ lastModified: lm, date: 'Mon, 30 Nov 2026 10:00:01 GMT' })).to.deep.equal({ lastModified: lm });
   });
 });

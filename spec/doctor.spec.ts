@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { componentEnv, randomChannel, testEnv } from './helpers/env.js';
+import { componentEnv, randomChannel, sleep, testEnv } from './helpers/env.js';
 import { startWaymark, type Harness } from './helpers/harness.js';
 import { cleanEnv, CliRunner, freePort } from './helpers/spawn.js';
 import { Upstream } from './helpers/upstream.js';
@@ -53,6 +53,21 @@ describe('waymark doctor', function () {
     expect(await p.exited).to.equal(2);
     expect(p.stderr.trim().split('\n')).to.have.length(1);
     expect(p.stderr).to.match(/^waymark doctor: WAYMARK_REDIS_URL: /);
+  });
+
+  it('without WAYMARK_API_URL it checks the dev setup `waymark dev` prints, and says so first', async function () {
+    harness = await startWaymark(api.url);
+    // only what a newcomer beside `waymark dev` would have: no API URL, no credentials
+    const p = run(['doctor', '--timeout-ms', '1000'], cleanEnv({ WAYMARK_ROUTER_URL: testEnv.routerUrl, WAYMARK_REDIS_URL: testEnv.redisUrl, WAYMARK_BUMP_CHANNEL: harness.channel }));
+    const code = await p.exited;
+    expect(code, p.stderr).to.be.oneOf([0, 1]);
+    expect(p.stderr).to.equal('');
+    const first = p.stdout.split('\n')[0];
+    expect(first).to.match(/^waymark doctor \S+: WAYMARK_API_URL is not set, so checking the dev setup 'waymark dev' prints: router ws:\/\/127\.0\.0\.1:\d+\/ws realm \S+, redis \S+, API http:\/\/127\.0\.0\.1:8000$/);
+    const found = lines(p.stdout);
+    expect(Object.keys(found)).to.deep.equal(CHECKS);
+    expect(found.api).to.include('http://127.0.0.1:8000');
+    for (const c of ['router', 'realm', 'authentication', 'redis', 'waymark.watch']) expect(found[c], c).to.match(/^✓ /);
   });
 
   it('a healthy setup: every check passes and it exits 0', async function () {
@@ -119,6 +134,48 @@ describe('waymark doctor', function () {
     for (const c of ['router', 'realm', 'authentication', 'redis', 'api']) expect(found[c], c).to.match(/^✓ /);
     expect(found.redis).to.include('0 other subscribers');
     expect(found['waymark.watch']).to.match(/^✗ waymark\.watch .*nobody has registered waymark\.watch.*waymark serve/);
+  });
+
+  describe('--listen-ms: where bumps go', function () {
+    /** Doctor with --listen-ms; `publish` runs once the bumps check is watching Redis. */
+    async function listen(publish: (redis: import('ioredis').Redis, channel: string) => Promise<unknown>) {
+      harness = await startWaymark(api.url);
+      const { Redis } = await import('ioredis');
+      const redis = new Redis(testEnv.redisUrl);
+      try {
+        const p = run(['doctor', '--listen-ms', '1500'], envFor(harness.channel));
+        await p.waitForOutput(/waymark\.watch .*\n/);
+        await sleep(300); // MONITOR is on by now
+        await publish(redis, harness.channel);
+        const code = await p.exited;
+        return { code, p, line: lines(p.stdout).bumps, channel: harness.channel };
+      } finally {
+        await redis.quit();
+      }
+    }
+
+    it("a default Laravel app's bumps (Redis facade: laravel_database_ prefix) are found and named", async function () {
+      const { code, p, line, channel } = await listen((redis, ch) => Promise.all([redis.publish(`laravel_database_${ch}`, '/users/1'), redis.publish(`laravel_database_${ch}`, '/users/2')]));
+      console.log(`        ${line}`);
+      expect(code, p.stdout).to.equal(1);
+      expect(line).to.match(/^✗ bumps /);
+      expect(line).to.include(`0 bump(s) on ${channel}, but 2 PUBLISH on laravel_database_${channel}, which no Waymark hears`)
+        .and.include('"laravel_database_" (Laravel\'s Redis prefix)')
+        .and.include(`set WAYMARK_BUMP_CHANNEL=laravel_database_${channel}`);
+      expect(p.stdout).to.include('1 of 7 checks failed (bumps)');
+    });
+
+    it('bumps on the right channel pass; silence is "not checked", never a pass', async function () {
+      const ok = await listen((redis, ch) => redis.publish(ch, '/users/1'));
+      expect(ok.code, ok.p.stdout).to.equal(0);
+      expect(ok.line).to.match(new RegExp(`^✓ bumps +in 1500 ms: 1 bump\\(s\\) published on ${ok.channel}`));
+      await harness!.close();
+      harness = undefined;
+      const quiet = await listen(async () => undefined);
+      expect(quiet.code, quiet.p.stdout).to.equal(0);
+      expect(quiet.line).to.match(new RegExp(`^– bumps +in 1500 ms: no bump on ${quiet.channel}.*change something in your app while this runs`));
+      expect(quiet.p.stdout).to.include('6 of 7 checks passed, bumps not checked');
+    });
   });
 
   it('a check that hangs is cut off at --timeout-ms', async function () {

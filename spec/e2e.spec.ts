@@ -308,7 +308,7 @@ describe('end to end: watch -> bump -> refetch as the client -> private push', f
       const other = await client();
       await c.call(PROC_WATCH, ['/1']);
       await c.call(PROC_WATCH, ['/2']);
-      await c.call(PROC_WATCH, ['/2', { token: 'renewing does not count' }]);
+      await c.call(PROC_WATCH, ['/2', { token: 'renewing-does-not-count' }]);
       const err = await c.callError(PROC_WATCH, ['/3']);
       expect(err.error).to.equal(ERROR_URIS.too_many_watches);
       await other.call(PROC_WATCH, ['/3']);

@@ -109,29 +109,29 @@ describe('faults: API', function () {
       return (w: Watcher) => want.get(w)!;
     };
 
-    it('(f) 500s then recovery: the 500s are pushed, the breaker fails fast, then one probe closes it and every watch converges without a bump', async function () {
+    it('(f) 500s then recovery: the 500s are pushed, the breaker stays closed (an answer is no outage), each group retries with back-off, and every watch converges without a bump', async function () {
       const h = wm = await startWaymark(api.url, FAST);
       const watchers = await watchAll(pool, SESSIONS, PATHS);
       state.failWith = 500;
       for (const p of PATHS) state.set(p, 2);
       for (const p of PATHS) await h.bump(p);
       await waitFor('a 500 on every watch', () => failedNow(watchers), 5_000);
-      expect(watchers.some((w) => lastUpdate(w)!.status === 500)).to.equal(true);
+      expect(watchers.every((w) => lastUpdate(w)!.status === 500)).to.equal(true);
+      // No bumps for 1.5 s: only the retries reach the API, a few per group, spaced by back-off.
       const hitsBefore = api.requests.length;
-      for (let i = 0; i < 20; i++) for (const p of PATHS) await h.bump(p);
-      await sleep(100);
-      expect(await sum(h.waymark.metrics.breakerRejected)).to.be.above(0);
-      expect(api.requests.length - hitsBefore, 'requests while open').to.be.at.most(2);
-      // A watch taken while the circuit is open gets a failed snapshot; it is refetched too.
+      await sleep(1_500);
+      const retries = api.requests.length - hitsBefore;
+      expect(retries, 'retries in 1.5 s').to.be.within(GROUPS, 3 * GROUPS);
+      expect(await sum(h.waymark.metrics.breakerRejected)).to.equal(0);
+      // A watch taken meanwhile gets the API's answer, not a failed-fast one.
       const late = await watchAll(pool, 1, [PATHS[0]], 'late');
-      expect(late[0].snapshot).to.include({ status: 0 });
-      expect(late[0].snapshot!.error?.code).to.equal('unreachable');
+      expect(late[0].snapshot).to.include({ status: 500 });
       watchers.push(...late);
       const since = Date.now();
       state.failWith = undefined;
       const r = await converge('api-500-recover', watchers, await finalState(api.url, watchers), since);
       expect(r.lost).to.equal(0);
-      expect(h.logs.join('')).to.match(/API circuit closed/);
+      expect(h.logs.join('')).not.to.match(/API circuit open/);
     });
 
     it('(f) connection reset mid-request: an unreachable error Update, then convergence', async function () {
@@ -144,10 +144,13 @@ describe('faults: API', function () {
       for (const p of PATHS) state.set(p, 2);
       for (const p of PATHS) await h.bump(p);
       await waitFor('every group in flight', () => api.active >= GROUPS, 3_000);
-      proxy.cut();
+      // Cut every connection and refuse new ones: the fetcher resends a request whose kept-alive
+      // connection was reset at once on a new connection, and that must fail too.
+      await proxy.set('refuse');
       await waitFor('an error Update on every watch', () => failedNow(watchers), 3_000);
       for (const w of watchers) expect(lastUpdate(w)!.error?.code).to.equal('unreachable');
       state.delayMs = 0;
+      await proxy.set('pass');
       const since = Date.now();
       const r = await converge('api-reset', watchers, await finalState(api.url, watchers), since);
       expect(r.lost).to.equal(0);
@@ -201,6 +204,68 @@ describe('faults: API', function () {
       expect(b.state('o')).to.equal('closed');
       expect(states).to.deep.equal(['open', 'half-open', 'open', 'half-open', 'closed']);
       await b.close();
+    });
+
+    it('counts only what shows the API is down: never a 5xx, never one credential alone, never a failure while another request got an answer', async function () {
+      let answer: (r: FetchResult) => void = () => undefined;
+      const results: FetchResult[] = [];
+      const inner: Fetcher = {
+        fetch: (r) => r.path === '/slow'
+          ? new Promise<FetchResult>((resolve) => { answer = resolve; })
+          : Promise.resolve(results.shift()!),
+        close: async () => undefined,
+      };
+      const b = new CircuitBreakerFetcher(inner, { failures: 2, minCredentials: 2, cooldownMs: 10_000, origin: () => 'o', logger: silentLogger() });
+      const down: FetchResult = { status: 0, headers: {}, body: '', encoding: 'utf8', fetchedAt: 0, error: { code: 'timeout', message: 'slow' } };
+      const ok: FetchResult = { status: 200, headers: {}, body: '', encoding: 'utf8', fetchedAt: 0 };
+      const one = { path: '/a', headers: { authorization: 'Bearer one' }, reason: 'b' };
+      const two = { path: '/a', headers: { authorization: 'Bearer two' }, reason: 'b' };
+      // 5xx: an answer
+      for (let i = 0; i < 5; i++) { results.push({ ...ok, status: 500 }); await b.fetch(one); }
+      expect(b.state('o')).to.equal('closed');
+      // one credential's paths that never answer: its own failures
+      for (let i = 0; i < 5; i++) { results.push(down); await b.fetch(one); }
+      expect(b.state('o')).to.equal('closed');
+      // a failure while another request got an answer: the API is up
+      const slow = b.fetch({ ...two, path: '/slow' });
+      results.push(ok);
+      await b.fetch(one);
+      answer(down);
+      await slow;
+      results.push(down);
+      await b.fetch(one);
+      expect(b.state('o')).to.equal('closed');
+      // two credentials, nobody answered: down
+      results.push(down);
+      await b.fetch(two);
+      expect(b.state('o')).to.equal('open');
+      await b.close();
+    });
+
+    it('half-open probes take the failed groups in turn: one broken path is not the only probe', async function () {
+      const registry = new WatchRegistry(100);
+      registry.upsert(1, '/broken', { authorization: 'Bearer a' });
+      registry.upsert(2, '/fine', { authorization: 'Bearer b' });
+      const seen: string[] = [];
+      const fetcher: Fetcher = {
+        fetch: async (r) => {
+          seen.push(r.path);
+          return { status: 0, headers: {}, body: '', encoding: 'utf8', fetchedAt: Date.now(), error: { code: 'unreachable', message: 'down' } };
+        },
+        close: async () => undefined,
+      };
+      const d = new Dispatcher({
+        registry, fetcher, publisher: { publish: async () => undefined }, logger: silentLogger(), metrics: new Metrics(),
+        concurrency: 4, pushUnchanged: false, retryBaseMs: 60_000,
+      });
+      await d.dispatch({ id: 'b1', paths: ['/broken', '/fine'], at: Date.now() });
+      seen.length = 0;
+      for (let i = 0; i < 4; i++) {
+        expect(d.probeFailed('recovered')).to.equal(true);
+        await d.settled();
+      }
+      expect(seen).to.deep.equal(['/broken', '/fine', '/broken', '/fine']);
+      d.stopStarting();
     });
 
     it('a hung API and 1000 bumps keep the queue within the number of groups', async function () {

@@ -409,7 +409,7 @@ describe('several instances', function () {
       await waitFor('the instance back with a new session', () => blip.waymark.sessionId !== undefined && blip.waymark.sessionId !== firstSession, 15_000);
       await waitFor('one copy of each watch', () => totalWatches() === ws.length, 10_000);
       // clients re-watch once, for the survivors' resync; a rejoin is not a restart, so the
-      // instance itself announces nothing
+      // instance itself announces only `rejoined`, on which clients re-watch nothing
       await waitFor('the re-watch done', () => ws.every((w) => w.resyncs.includes('resync')), 10_000);
       await quiet(() => ws.reduce((n, w) => n + w.updates.length, 0));
       const before = ws.map((w) => w.updates.length);

@@ -2,6 +2,8 @@ import { expect } from 'chai';
 import fc from 'fast-check';
 import type { Update, WatchResult } from '../lib/protocol/types.js';
 import { ERROR_URIS, PROC_REFRESH, PROC_UNWATCH, PROC_WATCH } from '../lib/protocol/uris.js';
+import { validatePath } from '../lib/protocol/validation.js';
+import { connectWaymark } from '../lib/client/client.js';
 import { sleep, testEnv, waitFor } from './helpers/env.js';
 import { startWaymark, type Harness } from './helpers/harness.js';
 import { Upstream } from './helpers/upstream.js';
@@ -49,6 +51,16 @@ describe('security', function () {
         ['/a\u0000', P], ['/a\u007f', P], ['/a\u0085', P], ['/a\u00a0', P], ['/a\u2028', P], ['/a\ufeff', P],
         [`/x#@${evilHost}`, P], ['x', P], ['?x=1', P], ['#frag', P], [`/${'a'.repeat(2048)}`, P], ['/a b', P],
         ['/a%zz', P], ['/%', P], ['/a//b', P], [`/.${evilHost}/%2e%2e`, P], ['/%u002e%u002e/x', P],
+        // dot-segments behind path parameters, as Tomcat, Jetty and Spring resolve them (issue 10
+        // fault 8), in every encoding, and what IIS or a second decoding layer reads as a dot
+        ['/..;/admin/users', P], ['/..;x=1/admin', P], ['/.;/admin', P], ['/..;/', P], ['/%2e%2e;/admin', P],
+        ['/%2E%2E;/admin', P], ['/%2e%2e%3b/admin', P], ['/..%3b/admin', P], ['/..%3B/admin', P], ['/.%2e;jsessionid=1/admin', P],
+        ['/%2e.;a=b/admin', P], ['/..%00;/admin', P], ['/%252e%252e%253b/admin', P], ['/%252e%252e;/admin', P],
+        ['/..%253b/admin', P], ['/%25252e%25252e%25253b/admin', P], ['/%c0%ae%c0%ae;/admin', P], ['/%25c0%25ae%25c0%25ae/admin', P],
+        ['/%e0%80%ae%e0%80%ae/admin', P], ['/%c1%9c/admin', P], ['/%25u002e%25u002e/admin', P], ['/..%252f/admin', P],
+        ['/%25ff%252f../admin', P], ['/a;/../admin', P], ['/a;x=1/../admin', P], ['/a/..;/..;/admin', P], ['/a/;x/b', P],
+        ['/;/admin', P], ['/..%20/admin', P], ['/..%20;/admin', P], ['/%2e%2e%3f/admin', P], ['/..%23/admin', P],
+        ['/a/.;x/b', P], [`/..;/..;/${evilHost}`, P],
       ];
       const cases: Array<[string, unknown[], string]> = paths.map(([p, uri]) => [`path ${JSON.stringify(p).slice(0, 60)}`, [p], uri]);
       const headerCases: Array<[string, Record<string, unknown>, string]> = [
@@ -73,6 +85,20 @@ describe('security', function () {
         ['a numeric token', { token: 42 }, A],
         ['headers as an array', { headers: ['cookie', 'x'] }, A],
         ['a header value as an object', { headers: { accept: { toString: 'x' } } }, A],
+        // values no HTTP stack sends as written (issue 16 fault 8): RFC 9110 5.5, RFC 6750 2.1
+        ['a token with a check mark', { token: 'tok-\u2713' }, A],
+        ['a token with Latin-1', { token: 'caf\u00e9' }, A],
+        ['a token with a space', { token: 'a b' }, A],
+        ['a token with a tab', { token: 'a\tb' }, A],
+        ['a token with DEL', { token: 'a\x7f' }, A],
+        ['a token with an emoji', { token: '\ud83d\ude00' }, A],
+        ['a cookie with a check mark', { headers: { cookie: 'sid=\u2713' } }, A],
+        ['a cookie with Latin-1', { headers: { cookie: 'sid=caf\u00e9' } }, A],
+        ['an accept-language with U+0100', { headers: { 'accept-language': 'fr\u0100' } }, A],
+        ['an authorization with a C1 control', { headers: { authorization: 'Basic \u0085' } }, A],
+        ['a header value with a leading space', { headers: { accept: ' text/plain' } }, A],
+        ['a header value with a trailing tab', { headers: { accept: 'text/plain\t' } }, A],
+        ['a header value with a control character', { headers: { cookie: 'a\x01b' } }, A],
       ];
       for (const [name, opts, uri] of headerCases) cases.push([name, ['/users/1', opts], uri]);
       return cases;
@@ -158,8 +184,10 @@ describe('security', function () {
         accepted += 1;
         expect(api.requests.length).to.equal(before + 1);
         const seen = api.requests[api.requests.length - 1].path;
-        // the accepted path under the base path, as WHATWG URL serializes it (e.g. `"` as %22)
-        const want = new URL(`${api.url}/v1${p}`);
+        // the accepted path (RFC 3986 6.2.2 normal form) under the base path, as WHATWG URL
+        // serializes it; the normal form names the same resource as what was asked for
+        expect(r.path).to.equal(validatePath(p, 2048));
+        const want = new URL(`${api.url}/v1${r.path}`);
         expect(seen).to.equal(want.pathname + want.search);
         await c.call(PROC_UNWATCH, [r.watch]);
       } catch (err) {
@@ -194,6 +222,68 @@ describe('security', function () {
     await waitFor('the component to still serve', () => c.updates.length >= 1);
     console.log(`      bump fuzz: ${sample.length} random messages, unwatched paths fetched ${fetchedOther}, component still serving`);
     expect(fetchedOther).to.equal(0);
+  });
+
+  describe('one watch per URI (RFC 3986 6.2.2)', function () {
+    it('forms that are the same URI are one watch path: a bump of either reaches both, fetched in the normal form', async function () {
+      wm = await startWaymark(`${api.url}/v1`);
+      api.handler = (req, res) => res.writeHead(200, { 'content-type': 'text/plain' }).end(`n=${api.requests.length}`);
+      const a = await client();
+      const b = await client();
+      const wa = await a.call<WatchResult>(PROC_WATCH, ['/caf%c3%a9/%7Eme', { token: 'a' }]);
+      const wb = await b.call<WatchResult>(PROC_WATCH, ['/caf%C3%A9/~me', { token: 'b' }]);
+      expect(wa.path).to.equal('/caf%C3%A9/~me');
+      expect(wb.path).to.equal('/caf%C3%A9/~me');
+      // the same watch for the same session, whichever form it names
+      expect((await a.call<WatchResult>(PROC_WATCH, ['/CAF%c3%a9/~me'.replace('CAF', 'caf'), { token: 'a' }])).watch).to.equal(wa.watch);
+      await wm.bump('/caf%c3%a9/%7eme');
+      await a.waitForUpdates(1);
+      await b.waitForUpdates(1);
+      await wm.bump(JSON.stringify({ path: '/caf%C3%A9/%7Eme' }));
+      await a.waitForUpdates(2);
+      await b.waitForUpdates(2);
+      console.log(`      normalisation: 2 forms watched, 2 forms bumped, updates ${a.updates.length}+${b.updates.length}, API paths ${[...new Set(api.requests.map((r) => r.path))].join(' ')}`);
+      expect(new Set(api.requests.map((r) => r.path))).to.deep.equal(new Set(['/v1/caf%C3%A9/~me']));
+      expect(api.requests).to.have.length(4);
+      // unwatch by either form finds it
+      expect(await a.call(PROC_UNWATCH, ['/caf%c3%a9/%7eme'])).to.deep.equal({ removed: 1 });
+      expect(wm.waymark.registry.size).to.equal(1);
+    });
+
+    it('waymark/client hands the Updates of a watch named in a non-normal form to its callback', async function () {
+      wm = await startWaymark(api.url);
+      api.handler = (req, res) => res.writeHead(200, { 'content-type': 'text/plain' }).end(`n=${api.requests.length}`);
+      const wc = await connectWaymark({ url: testEnv.routerUrl, realm: testEnv.realm });
+      try {
+        const got: string[] = [];
+        await wc.watch('/caf%c3%a9/%7eme', { token: 't', snapshot: true }, (u) => got.push(`${u.path} ${u.body}`));
+        await wm.bump('/caf%C3%A9/~me');
+        await waitFor('the snapshot and the bump\'s Update', () => got.length >= 2);
+        expect(got).to.deep.equal(['/caf%C3%A9/~me n=1', '/caf%C3%A9/~me n=2']);
+      } finally {
+        await wc.close();
+      }
+    });
+  });
+
+  describe('credentials that cannot be sent', function () {
+    it('are refused at watch and at refresh time; nothing reaches the API or the breaker', async function () {
+      wm = await startWaymark(api.url, { WAYMARK_BREAKER_FAILURES: '5' });
+      api.handler = (req, res) => res.writeHead(200, { 'content-type': 'text/plain' }).end(`n=${api.requests.length}`);
+      const c = await client();
+      const bad = [{ token: 'tok-\u2713' }, { token: 'caf\u00e9' }, { headers: { cookie: 'sid=\u2713' } }, { headers: { accept: 'x\u0100' } }, { token: 'a b' }];
+      const answers: string[] = [];
+      for (const o of bad) answers.push((await c.callError(PROC_WATCH, ['/me', { ...o, snapshot: true }])).error);
+      const w = await c.call<WatchResult>(PROC_WATCH, ['/me', { token: 'good', snapshot: true }]);
+      for (const o of bad) answers.push((await c.callError(PROC_REFRESH, [o])).error);
+      await wm.bump('/me');
+      await c.waitForUpdates(1);
+      console.log(`      unsendable credentials: ${answers.filter((e) => e === ERROR_URIS.invalid_argument).length}/${answers.length} refused as invalid_argument, API requests with them 0`);
+      expect(answers).to.deep.equal(Array(bad.length * 2).fill(ERROR_URIS.invalid_argument));
+      expect(w.snapshot!.status).to.equal(200);
+      // the watch kept its good token through the refused refreshes
+      expect(api.requests.map((r) => r.headers.authorization)).to.deep.equal(['Bearer good', 'Bearer good']);
+    });
   });
 
   describe('topic isolation', function () {

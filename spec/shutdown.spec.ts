@@ -6,7 +6,7 @@ import { PROC_WATCH } from '../lib/protocol/uris.js';
 import { componentEnv, randomChannel, sleep, testEnv, waitFor } from './helpers/env.js';
 import { cleanEnv, CliRunner, freePort, type Proc } from './helpers/spawn.js';
 import { Upstream } from './helpers/upstream.js';
-import { ClientPool } from './helpers/wamp-client.js';
+import { Client, ClientPool } from './helpers/wamp-client.js';
 
 /**
  * Graceful shutdown of a real `waymark serve` process: SIGTERM/SIGINT unregister, stop
@@ -65,10 +65,12 @@ describe('graceful shutdown (waymark serve)', function () {
     p.kill('SIGTERM');
     await p.waitForOutput(/unregistered: new calls go to other instances/, 'stderr');
 
-    // New watches go to other instances; with none left, the router has no callee.
-    const other = await pool.open();
-    const err = await other.callError(PROC_WATCH, ['/s/2', { token: 'tok' }]);
-    expect(err.error).to.equal('wamp.error.no_such_procedure');
+    // New watches go to other instances; with none left, the router has no callee, and (the
+    // authorizer being unregistered too) refuses the browser role everything, as Crossbar does.
+    const backend = pool.add(await Client.connect({ authid: testEnv.authid, ticket: testEnv.ticket }));
+    expect((await backend.callError(PROC_WATCH, ['/s/2', { token: 'tok' }])).error).to.equal('wamp.error.no_such_procedure');
+    const other = pool.add(await Client.connect());
+    expect((await other.callError(PROC_WATCH, ['/s/2', { token: 'tok' }])).error).to.equal('wamp.error.authorization_failed');
     // Bumps are no longer consumed: the subscriber is gone while the process still drains.
     await waitFor('the bump subscriber to go', async () => (await subscribers()) === 0);
     expect(p.child.exitCode).to.equal(null);

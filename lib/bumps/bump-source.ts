@@ -174,11 +174,12 @@ abstract class RedisSource implements BumpSource {
       autoResendUnfulfilledCommands: false,
       retryStrategy: (times) => Math.min(100 * 2 ** Math.min(times - 1, 16), cap),
     });
-    const entry = { redis, role, since: Date.now(), primary };
+    // monotonic: a wall-clock step must not look like (or hide) a stalled handshake
+    const entry = { redis, role, since: performance.now(), primary };
     this.connections.push(entry);
     redis.on('error', (err: Error) => this.warnings.warn(`redis-error-${role}`, 'redis connection error', { role, error: err.message }));
-    redis.on('connect', () => { entry.since = Date.now(); });
-    redis.on('ready', () => { entry.since = Date.now(); });
+    redis.on('connect', () => { entry.since = performance.now(); });
+    redis.on('ready', () => { entry.since = performance.now(); });
     redis.on('reconnecting', (delayMs: number) => {
       this.base.onReconnect?.();
       this.logger.info('redis reconnecting', { role, inMs: delayMs });
@@ -190,7 +191,7 @@ abstract class RedisSource implements BumpSource {
   protected startWatchdog(): void {
     if (this.probeMs <= 0 || this.watchdog) return;
     this.watchdog = setInterval(() => {
-      const now = Date.now();
+      const now = performance.now();
       for (const { redis, role, since, primary } of this.connections) {
         // TCP up but no answer to the handshake (or to the subscribe / catch-up that follows):
         // nothing else would ever notice.

@@ -1,5 +1,6 @@
 import type autobahn from 'autobahn';
 import { WaymarkError } from '../protocol/errors.js';
+import { DeadlineError } from '../support/deadline.js';
 import type { Logger } from '../support/logger.js';
 import type { Metrics } from '../support/metrics.js';
 import { RateLimitedLog } from '../support/rate-limited-log.js';
@@ -9,6 +10,18 @@ import {
 } from '../protocol/uris.js';
 import type { WatchIndex } from './watch-index.js';
 import type { WatchRegistry } from '../engine/watch-registry.js';
+
+/**
+ * How long (ms) any call to the shared watch index may take before Instances goes on without it,
+ * exactly as when Redis is down (limits and rates count on this instance). Redis answers in well
+ * under a millisecond on a healthy network; the margin is for a busy host, whose event loop can
+ * stall for hundreds of milliseconds. A Redis that stopped answering without closing
+ * (SIGSTOP, a blackholed network, a long Lua script) would otherwise hold `waymark.watch`,
+ * `unwatch` and `refresh` for as long as it lasts. On expiry the index's connection is also
+ * dropped and reopened (`WatchIndex.interrupt`), so later calls fail at once instead of each
+ * waiting out the deadline until Redis answers again.
+ */
+export const INDEX_DEADLINE_MS = 1_000;
 
 export interface InstancesOptions {
   /** this process's instance id */
@@ -26,6 +39,8 @@ export interface InstancesOptions {
   metrics?: Pick<Metrics, 'watchesMoved' | 'peersLeft' | 'peers'>;
   /** apply new credentials to this instance's watches of a session; returns how many it holds */
   applyRefresh: (session: SessionId, headers: ForwardHeaders) => number;
+  /** @default INDEX_DEADLINE_MS */
+  indexDeadlineMs?: number;
 }
 
 interface Envelope {
@@ -47,8 +62,8 @@ interface Envelope {
  * - when an instance's WAMP session leaves, a survivor announces `{event: 'resync'}` on
  *   `waymark.announce`, clients re-watch, and whoever serves a watch that was owned elsewhere
  *   adopts it and refetches it once, so nothing that changed meanwhile stays stale.
- * While Redis is unreachable the index is skipped (limits count per instance) rather than
- * refusing watches; the WAMP side keeps working.
+ * While Redis is unreachable, or slower than INDEX_DEADLINE_MS, the index is skipped (limits
+ * count per instance) rather than refusing watches; the WAMP side keeps working.
  */
 export class Instances {
   /** instance -> its WAMP session id, for telling an instance's leave from a browser's */
@@ -61,6 +76,35 @@ export class Instances {
 
   constructor(private readonly opts: InstancesOptions) {
     this.warn = new RateLimitedLog(opts.logger);
+  }
+
+  /** Every index call, bounded: a silent Redis fails like an unreachable one (INDEX_DEADLINE_MS). */
+  private index<T>(what: string, call: (index: WatchIndex) => Promise<T>): Promise<T> {
+    const ms = this.opts.indexDeadlineMs ?? INDEX_DEADLINE_MS;
+    const work = call(this.opts.index);
+    return new Promise<T>((resolve, reject) => {
+      let settled = false;
+      // After an event-loop stall the timer runs before the socket is read (libuv: timers, then
+      // poll): give a reply that already arrived that one turn (setImmediate runs after poll)
+      // before calling Redis silent and dropping its connection.
+      const timer = setTimeout(() => setImmediate(() => {
+        if (settled) return;
+        settled = true;
+        this.opts.index.interrupt?.();
+        reject(new DeadlineError(`no answer to ${what} within ${ms} ms`));
+      }), ms);
+      work.then((v) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        resolve(v);
+      }, (err: unknown) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        reject(err);
+      });
+    });
   }
 
   async start(touchEveryMs: number): Promise<void> {
@@ -93,9 +137,9 @@ export class Instances {
       session.subscribe(INTERNAL_REFRESH, handle((e) => this.onRefresh(e))),
     ]);
     try {
-      await this.opts.index.setInstance(this.opts.instance, session.id);
+      await this.index('setInstance', (i) => i.setInstance(this.opts.instance, session.id));
       this.peers.clear();
-      for (const [instance, wampSession] of await this.opts.index.instances()) {
+      for (const [instance, wampSession] of await this.index('instances', (i) => i.instances())) {
         if (instance !== this.opts.instance) this.peers.set(instance, wampSession);
       }
       await this.pruneGone(session);
@@ -118,7 +162,7 @@ export class Instances {
     let previous: string | null;
     this.mark(id).n += 1;
     try {
-      const r = await this.opts.index.claim(session, id, this.opts.instance, this.opts.maxPerSession);
+      const r = await this.index('claim', (i) => i.claim(session, id, this.opts.instance, this.opts.maxPerSession));
       if (r.over) {
         throw new WaymarkError('too_many_watches', `this session already has ${this.opts.maxPerSession} watches (counted across instances), the limit`);
       }
@@ -146,7 +190,7 @@ export class Instances {
   async allowCall(session: SessionId, local: () => boolean): Promise<boolean> {
     if (this.peers.size === 0) return local();
     try {
-      return await this.opts.index.take(session, this.opts.rate.perSecond, this.opts.rate.burst);
+      return await this.index('take', (i) => i.take(session, this.opts.rate.perSecond, this.opts.rate.burst));
     } catch (err) {
       this.indexUnavailable(err, '; rate limits count on this instance only');
       return local();
@@ -182,7 +226,7 @@ export class Instances {
   async unwatch(session: SessionId, id: string, local: number): Promise<number> {
     let shared: number | undefined;
     try {
-      shared = await this.opts.index.remove(session, id);
+      shared = await this.index('remove', (i) => i.remove(session, id));
     } catch (err) {
       this.indexUnavailable(err);
     }
@@ -197,7 +241,7 @@ export class Instances {
   async refresh(session: SessionId, headers: ForwardHeaders, local: number): Promise<number> {
     this.publish(INTERNAL_REFRESH, { session, headers });
     try {
-      return Math.max(local, await this.opts.index.count(session));
+      return Math.max(local, await this.index('count', (i) => i.count(session)));
     } catch (err) {
       this.indexUnavailable(err);
       return local;
@@ -213,7 +257,7 @@ export class Instances {
       this.opts.metrics?.peers.set(this.peers.size);
       let first = true;
       try {
-        first = await this.opts.index.forgetInstance(instance, wampSession);
+        first = await this.index('forgetInstance', (i) => i.forgetInstance(instance, wampSession));
       } catch {
         // without the index every survivor announces; clients re-watch a few times, none lost
       }
@@ -224,7 +268,7 @@ export class Instances {
       return;
     }
     try {
-      await this.opts.index.dropSession(id);
+      await this.index('dropSession', (i) => i.dropSession(id));
     } catch (err) {
       this.indexUnavailable(err);
     }
@@ -249,7 +293,7 @@ export class Instances {
   private async dropUnlessOwner(session: SessionId, id: string, dropIfUnknown: boolean): Promise<void> {
     let owner: string | null = null;
     try {
-      owner = await this.opts.index.owner(session, id);
+      owner = await this.index('owner', (i) => i.owner(session, id));
     } catch {
       // index unreachable: a claim we received wins; our own fresh admit stays
       if (!dropIfUnknown) return;
@@ -282,7 +326,7 @@ export class Instances {
       } catch (err) {
         if ((err as { error?: string }).error !== 'wamp.error.no_such_session') continue;
         this.peers.delete(instance);
-        await this.opts.index.forgetInstance(instance, wampSession);
+        await this.index('forgetInstance', (i) => i.forgetInstance(instance, wampSession));
       }
     }
   }
@@ -291,7 +335,7 @@ export class Instances {
   private async dropDisowned(): Promise<void> {
     const { registry } = this.opts;
     let dropped = 0;
-    for (const [session, owners] of await this.opts.index.owners(registry.sessionIds())) {
+    for (const [session, owners] of await this.index('owners', (i) => i.owners(registry.sessionIds()))) {
       for (const w of registry.forSession(session)) {
         const owner = owners[w.id];
         if (owner !== undefined && owner !== this.opts.instance) dropped += registry.remove(session, w.id);
@@ -303,7 +347,7 @@ export class Instances {
   private async touch(): Promise<void> {
     const sessions = this.opts.registry.sessionIds();
     try {
-      for (let i = 0; i < sessions.length; i += 1_000) await this.opts.index.touch(sessions.slice(i, i + 1_000));
+      for (let n = 0; n < sessions.length; n += 1_000) await this.index('touch', (i) => i.touch(sessions.slice(n, n + 1_000)));
     } catch (err) {
       this.indexUnavailable(err);
     }

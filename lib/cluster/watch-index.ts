@@ -34,6 +34,11 @@ export interface WatchIndex {
    * came back); true for exactly one caller when several race, so one of them reacts.
    */
   forgetInstance(instance: string, wampSession: number): Promise<boolean>;
+  /**
+   * A call got no answer in time (the connection looks silent): drop the connection and open a
+   * new one, so calls fail at once until the index answers again instead of queueing behind it.
+   */
+  interrupt?(): void;
   close(): Promise<void>;
 }
 
@@ -61,6 +66,9 @@ return 0
 /**
  * A token bucket per session shared by all instances (the same rule as SessionRateLimiter),
  * on Redis's clock so instances with skewed clocks agree. The key expires once it would be full.
+ * Redis's clock is a wall clock: a step back gives a negative elapsed time, counted as 0 (the
+ * bucket keeps its tokens instead of going negative and refusing calls for the step's length); a
+ * step forward refills at most to `burst`.
  */
 const TAKE = `
 local t = redis.call('TIME')
@@ -70,7 +78,7 @@ local burst = tonumber(ARGV[2])
 local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens = tonumber(b[1]) or burst
 local at = tonumber(b[2]) or now
-tokens = math.min(burst, tokens + (now - at) / 1000 * rate)
+tokens = math.min(burst, tokens + math.max(0, now - at) / 1000 * rate)
 local ok = 0
 if tokens >= 1 then
   tokens = tokens - 1
@@ -115,7 +123,10 @@ export class RedisWatchIndex implements WatchIndex {
       enableOfflineQueue: false,
       // many watch calls arrive together: one write per event-loop tick for all their scripts
       enableAutoPipelining: true,
-      maxRetriesPerRequest: 1,
+      // In-flight calls fail when the connection drops instead of being queued for a resend:
+      // a queued resend would make every later call wait behind it (ioredis keeps order), so a
+      // silent connection that interrupt() dropped would still hold calls.
+      maxRetriesPerRequest: 0,
       retryStrategy: (n) => Math.min(200 * n, 2_000),
     }) as ClaimingRedis;
     this.redis.defineCommand('waymarkClaim', { numberOfKeys: 1, lua: CLAIM });
@@ -198,6 +209,16 @@ export class RedisWatchIndex implements WatchIndex {
 
   async forgetInstance(instance: string, wampSession: number): Promise<boolean> {
     return (await this.redis.waymarkForget(this.instancesKey, instance, String(wampSession))) === 1;
+  }
+
+  interrupt(): void {
+    // Only a connection that claims to be up: one already reconnecting fails calls at once.
+    if (this.closing || this.redis.status !== 'ready') return;
+    // disconnect() only half-closes the socket; a stopped peer never finishes the close, so
+    // ioredis would stay "ready" on it. Destroying the socket makes it reconnect now.
+    const socket = this.redis.stream;
+    this.redis.disconnect(true);
+    socket?.destroy();
   }
 
   close(): Promise<void> {

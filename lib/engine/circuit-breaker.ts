@@ -1,4 +1,4 @@
-import type { Fetcher } from './fetcher.js';
+import { isApiDownError, type Fetcher } from './fetcher.js';
 import type { Logger } from '../support/logger.js';
 import type { FetchRequest, FetchResult } from '../protocol/types.js';
 
@@ -7,10 +7,17 @@ export type BreakerState = 'closed' | 'open' | 'half-open';
 export interface CircuitBreakerOptions {
   /** consecutive failures that open the circuit */
   failures: number;
+  /**
+   * how many different credentials those failures must come from (one tenant's broken paths
+   * are not an outage of the API). @default 1
+   */
+  minCredentials?: number;
   /** how long an open circuit fails fast before letting one probe request through */
   cooldownMs: number;
   /** the circuit a request belongs to */
   origin: (req: FetchRequest) => string;
+  /** who a request is sent as. @default the request's headers object (interned per credentials by the registry) */
+  credentials?: (req: FetchRequest) => unknown;
   logger: Logger;
   onState?: (origin: string, state: BreakerState) => void;
   /** the circuit half-opened: the owner may send a probe request (a fetch that failed before) */
@@ -18,26 +25,41 @@ export interface CircuitBreakerOptions {
   onRejected?: () => void;
 }
 
-/** What the breaker counts against an origin: no response at all, or a 5xx. */
-export function isFailure(r: FetchResult): boolean {
-  return r.status === 0 ? r.error?.code !== 'too_large' : r.status >= 500;
+/**
+ * A result that may mean the API is down: no response at all (refused, reset, timeout), for a
+ * request that was sent. Any answer, even a 5xx or an unparsable one, shows the API is up; a
+ * body over the limit (`too_large`) is an answer too.
+ */
+export function noResponse(r: FetchResult): boolean {
+  return r.status === 0 && r.notSent !== true && isApiDownError(r.error?.code);
 }
+
+const defaultCredentials = (req: FetchRequest): unknown => req.headers;
 
 interface Circuit {
   state: BreakerState;
   failures: number;
+  /** the credentials of the failures counted since the last answer */
+  credentials: Set<unknown>;
+  /** answers received so far: a failure during which another request got one is not counted */
+  answers: number;
   /** a half-open circuit lets exactly one request through */
   probing: boolean;
   timer?: NodeJS.Timeout;
 }
 
 /**
- * A per-origin circuit breaker on the Fetcher seam. After `failures` consecutive failures it
- * opens: fetches fail fast with `status: 0, error.code: "unreachable"` (the contract's code for
- * "no response") without touching the API, so a dead or hung API is not hammered and fetch slots
- * are not held for a timeout each. After `cooldownMs` it half-opens: one request goes through
- * (the owner sends one via `onHalfOpen`); success closes it (the owner then refetches what
- * failed), failure opens it for another cool-down.
+ * A per-origin circuit breaker on the Fetcher seam. It counts only what shows the API itself is
+ * down: a request that got no response while no other request got an answer during its lifetime
+ * (the API was silent for everyone), from at least `minCredentials` different credentials. A
+ * deterministic 5xx, an unparsable answer or one tenant's hanging paths never open it, so one
+ * tenant's failures cannot make everyone's fetches fail fast; the Dispatcher retries those per
+ * group instead. A request that failed before it was sent (`notSent`) counts for nothing.
+ * After `failures` such failures it opens: fetches fail fast with `status: 0, error.code:
+ * "unreachable"` (the contract's code for "no response") without touching the API, so a dead or
+ * hung API is not hammered and fetch slots are not held for a timeout each. After `cooldownMs`
+ * it half-opens: one request goes through (the owner sends one via `onHalfOpen`); an answer
+ * closes it (the owner then refetches what failed), no response opens it for another cool-down.
  */
 export class CircuitBreakerFetcher implements Fetcher {
   private readonly circuits = new Map<string, Circuit>();
@@ -53,7 +75,7 @@ export class CircuitBreakerFetcher implements Fetcher {
   async fetch(req: FetchRequest, signal?: AbortSignal): Promise<FetchResult> {
     const origin = this.opts.origin(req);
     let c = this.circuits.get(origin);
-    if (!c) this.circuits.set(origin, (c = { state: 'closed', failures: 0, probing: false }));
+    if (!c) this.circuits.set(origin, (c = { state: 'closed', failures: 0, credentials: new Set(), answers: 0, probing: false }));
     if (c.state === 'open' || (c.state === 'half-open' && c.probing)) {
       this.opts.onRejected?.();
       return {
@@ -63,20 +85,30 @@ export class CircuitBreakerFetcher implements Fetcher {
     }
     const probe = c.state === 'half-open';
     if (probe) c.probing = true;
+    const answersBefore = c.answers;
     let result: FetchResult;
     try {
       result = await this.inner.fetch(req, signal);
     } finally {
       if (probe) c.probing = false;
     }
-    if (isFailure(result)) this.failure(origin, c, result);
-    else this.success(origin, c);
+    if (result.notSent) return result;
+    if (noResponse(result)) {
+      // Another request was answered meanwhile: the API is up, this failure is its path's own.
+      if (c.answers === answersBefore) this.failure(origin, c, result, (this.opts.credentials ?? defaultCredentials)(req));
+    } else {
+      c.answers += 1;
+      this.success(origin, c);
+    }
     return result;
   }
 
-  private failure(origin: string, c: Circuit, r: FetchResult): void {
+  private failure(origin: string, c: Circuit, r: FetchResult, credentials: unknown): void {
     c.failures += 1;
-    if (c.state === 'half-open' || (c.state === 'closed' && c.failures >= this.opts.failures)) {
+    c.credentials.add(credentials);
+    if (c.state === 'half-open'
+      || (c.state === 'closed' && c.failures >= this.opts.failures && c.credentials.size >= (this.opts.minCredentials ?? 1))) {
+      c.credentials.clear();
       this.set(origin, c, 'open', { failures: c.failures, status: r.status, code: r.error?.code, cooldownMs: this.opts.cooldownMs });
       clearTimeout(c.timer);
       c.timer = setTimeout(() => {
@@ -91,6 +123,7 @@ export class CircuitBreakerFetcher implements Fetcher {
 
   private success(origin: string, c: Circuit): void {
     c.failures = 0;
+    if (c.credentials.size > 0) c.credentials.clear();
     if (c.state === 'closed') return;
     clearTimeout(c.timer);
     c.timer = undefined;

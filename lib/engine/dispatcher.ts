@@ -1,12 +1,12 @@
 import { createHash } from 'node:crypto';
-import { isFailure } from './circuit-breaker.js';
+import { noResponse } from './circuit-breaker.js';
 import { waitAtMost } from '../support/deadline.js';
 import type { Fetcher } from './fetcher.js';
 import type { Logger } from '../support/logger.js';
 import { Metrics } from '../support/metrics.js';
 import type { Publisher } from './publisher.js';
 import { RateLimitedLog } from '../support/rate-limited-log.js';
-import type { Bump, FetchResult, Update, Validators } from '../protocol/types.js';
+import type { Bump, FetchResult, ForwardHeaders, Update, Validators } from '../protocol/types.js';
 import type { Watch, WatchRegistry } from './watch-registry.js';
 
 export interface DispatcherOptions {
@@ -20,6 +20,10 @@ export interface DispatcherOptions {
   metrics: Metrics;
   /** the longest pause a Retry-After may impose. @default 60000 */
   maxRetryAfterMs?: number;
+  /** delay before the first retry of a failed fetch; doubles per failure in a row, jittered. @default 500 */
+  retryBaseMs?: number;
+  /** the longest delay between two retries of one group. @default 30000 */
+  retryMaxMs?: number;
 }
 
 /** What made a group fetch: a bump, or a catch-up after new credentials (`bump: null`). */
@@ -38,17 +42,51 @@ interface Group {
   key: string;
   path: string;
   credKey: string;
-  state: 'idle' | 'queued' | 'running';
+  /** `waiting`: a retry (or a Retry-After pause) is due; `next` holds what it will fetch for */
+  state: 'idle' | 'queued' | 'running' | 'waiting';
   next: Trigger | null;
-  /** one retry per trigger after a 429/503 with Retry-After */
-  retried: boolean;
+  /** failed fetches in a row: the retry delay grows with them */
+  failures: number;
+  /** the one pending retry of this group, while `waiting` */
+  retryTimer?: NodeJS.Timeout;
   /** validators of the last 200 this group delivered, and what it delivered */
   validators?: Validators & { status: number; bodyHash: string };
+  /** with pushUnchanged: that 200 itself, published again (freshened) on a 304 */
+  held?: { headers: Record<string, string>; body: string; encoding: 'utf8' | 'base64' };
 }
 
 /** Statuses that mean the credentials are dead: the watch is suspended after pushing them. */
 const CREDENTIALS_REJECTED = new Set([401, 403]);
-const BACK_OFF = new Set([429, 503]);
+/**
+ * Response header fields a 304 does not replace in the held 200 (RFC 9111 3.2): Content-Length,
+ * and the fields the held body was decoded by.
+ */
+const KEEP_ON_304 = new Set(['content-length', 'content-encoding', 'content-type', 'transfer-encoding']);
+
+/**
+ * Results worth fetching again without a bump: no response (timeout, refused, reset), an
+ * unparsable answer, 408 and 429 (RFC 9110 15.5.9, RFC 6585 4), and any 5xx but 501 (Not
+ * Implemented is a property of the resource, RFC 9110 15.6.2). A request that could not be sent,
+ * a body over the limit and every other status are final.
+ */
+export function shouldRetry(r: FetchResult): boolean {
+  if (r.status === 0) return r.notSent !== true && r.error?.code !== 'too_large';
+  return r.status >= 500 ? r.status !== 501 : r.status === 429 || r.status === 408;
+}
+
+/**
+ * The validators worth revalidating with: the ETag, and a Last-Modified only when it is strong,
+ * i.e. the response's Date is at least one second after it (RFC 9110 8.8.2.2). A Last-Modified
+ * within the second of its Date (or without a Date) cannot tell two versions of that second apart:
+ * an If-Modified-Since with it would get a 304 for a second change and leave the watcher stale.
+ */
+export function usableValidators(v: Validators | undefined): Validators | undefined {
+  if (!v) return undefined;
+  const out: Validators = {};
+  if (v.etag) out.etag = v.etag;
+  if (v.lastModified && v.date && Date.parse(v.date) - Date.parse(v.lastModified) >= 1000) out.lastModified = v.lastModified;
+  return out.etag || out.lastModified ? out : undefined;
+}
 
 function toUpdate(watch: Watch, r: FetchResult, bump: Bump | null): Update {
   const u: Update = {
@@ -57,6 +95,16 @@ function toUpdate(watch: Watch, r: FetchResult, bump: Bump | null): Update {
   };
   if (r.error) u.error = r.error;
   return u;
+}
+
+/** Not a field-value character (RFC 9110 5.5; obs-text as Latin-1), as undici checks it. */
+const NOT_FIELD_VALUE = /[^\t\x20-\x7e\x80-\xff]/;
+/** A field name is a token (RFC 9110 5.1, 5.6.2). */
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+function sendable(headers: ForwardHeaders): boolean {
+  for (const name in headers) if (!TOKEN.test(name) || NOT_FIELD_VALUE.test(headers[name])) return false;
+  return true;
 }
 
 function groupKey(path: string, credKey: string): string {
@@ -83,11 +131,17 @@ export class Dispatcher {
   private ringAt = 0;
   private queuedCount = 0;
   private readonly snapshotWaiters: Array<() => void> = [];
+  /** per interned credentials object: whether HTTP can carry them at all */
+  private readonly sendable = new WeakMap<ForwardHeaders, boolean>();
   private active = 0;
-  private pausedUntil = 0;
+  /**
+   * Retry-After pauses (performance.now() deadlines), keyed to what the API asked to slow down:
+   * a 429 pauses that credential's fetches, a 503 that path's; never every fetch.
+   */
+  private readonly pausedCred = new Map<string, number>();
+  private readonly pausedPath = new Map<string, number>();
   /** set by stopStarting() at shutdown: no fetch starts any more */
   private closed = false;
-  private pauseTimer?: NodeJS.Timeout;
   private readonly work = new Set<Promise<void>>();
   /** a router outage fails every publish: a few lines, not one per watch */
   private readonly publishWarnings: RateLimitedLog;
@@ -99,11 +153,28 @@ export class Dispatcher {
 
   constructor(private readonly opts: DispatcherOptions) {
     this.publishWarnings = new RateLimitedLog(opts.logger);
+    // Memory follows live watches: a group, its validators and its pending retry go with its last watch.
+    opts.registry.onGroupGone((path, credKey) => this.forget(groupKey(path, credKey)));
   }
 
   /** Groups waiting for a fetch slot. */
   get queued(): number {
     return this.queuedCount;
+  }
+
+  /**
+   * Whether the last Update this watch got was a failure a retry would repeat (see shouldRetry;
+   * `status: 0` includes a request that could not be sent): new credentials must then refetch,
+   * since the old group's pending retry goes with it.
+   */
+  lastFailed(watch: Watch): boolean {
+    const s = watch.lastSent?.status;
+    return s !== undefined && (s === 0 || s === 408 || s === 429 || (s >= 500 && s !== 501));
+  }
+
+  /** (path, credentials) groups held in memory: at most one per live group plus those fetching. */
+  get groupCount(): number {
+    return this.groups.size;
   }
 
   /** Fetches and publishes in flight plus queued groups. */
@@ -158,6 +229,9 @@ export class Dispatcher {
     for (const key of [...this.failed]) {
       const g = this.groups.get(key);
       if (g && this.liveWatches(g).length > 0) {
+        // to the back: the next probe tries another group, so one broken path cannot be the only probe
+        this.failed.delete(key);
+        this.failed.add(key);
         this.schedule(g.path, g.credKey, { reason, bump: null });
         return true;
       }
@@ -170,7 +244,16 @@ export class Dispatcher {
   private forgetFailed(key: string): void {
     this.failed.delete(key);
     const g = this.groups.get(key);
-    if (g?.state === 'idle' && !this.opts.registry.group(g.path, g.credKey)) this.groups.delete(key);
+    if (g && !this.opts.registry.group(g.path, g.credKey)) this.forget(key);
+  }
+
+  /** The group's last watch went: drop it and its pending retry (a queued or running one drops itself when it runs). */
+  private forget(key: string): void {
+    this.failed.delete(key);
+    const g = this.groups.get(key);
+    if (!g || g.state === 'queued' || g.state === 'running') return;
+    clearTimeout(g.retryTimer);
+    this.groups.delete(key);
   }
 
   /** A first fetch for `waymark.watch` with `snapshot: true`; it jumps the queue and counts as sent. */
@@ -184,9 +267,20 @@ export class Dispatcher {
     }
     watch.lastSent = { status: result.status, bodyHash: bodyHash(result) };
     if (CREDENTIALS_REJECTED.has(result.status)) watch.suspended = true;
-    // A failed snapshot is refetched with the failed groups once the API answers again.
-    if (isFailure(result)) this.failed.add(this.groupOf(watch.path, watch.credKey).key);
-    else this.failed.delete(groupKey(watch.path, watch.credKey));
+    // Only for a watch still there: the session may have left while the snapshot was fetched.
+    if (this.opts.registry.group(watch.path, watch.credKey)?.has(watch)) {
+      const g = this.groupOf(watch.path, watch.credKey);
+      // A failed snapshot is retried like a failed bump, and refetched with the failed groups once the API answers again.
+      if (noResponse(result)) this.failed.add(g.key);
+      else this.failed.delete(g.key);
+      const retryIn = this.afterResult(g, result);
+      if (retryIn > 0 && g.state === 'idle' && !this.closed) {
+        g.next = { reason: 'snapshot', bump: null };
+        this.wait(g, retryIn);
+      } else if (g.state === 'idle' && g.failures === 0 && !g.validators) {
+        this.groups.delete(g.key);
+      }
+    }
     return toUpdate(watch, result, null);
   }
 
@@ -203,6 +297,14 @@ export class Dispatcher {
   stopStarting(): number {
     this.closed = true;
     let dropped = 0;
+    for (const g of this.groups.values()) {
+      if (g.state !== 'waiting') continue;
+      clearTimeout(g.retryTimer);
+      g.retryTimer = undefined;
+      g.state = 'idle';
+      g.next = null;
+      dropped += 1;
+    }
     for (const q of this.queues.values()) {
       for (const g of q) {
         g.state = 'idle';
@@ -233,24 +335,87 @@ export class Dispatcher {
   private groupOf(path: string, credKey: string): Group {
     const key = groupKey(path, credKey);
     let g = this.groups.get(key);
-    if (!g) this.groups.set(key, (g = { key, path, credKey, state: 'idle', next: null, retried: false }));
+    if (!g) this.groups.set(key, (g = { key, path, credKey, state: 'idle', next: null, failures: 0 }));
     return g;
   }
 
   private schedule(path: string, credKey: string, trigger: Trigger): void {
     if (this.closed) return;
     const g = this.groupOf(path, credKey);
-    if (g.state === 'idle') {
+    if (g.state === 'idle' || g.state === 'waiting') {
+      // A newer trigger supersedes a pending retry (a Retry-After pause still holds: see pump).
+      if (g.retryTimer) clearTimeout(g.retryTimer);
+      g.retryTimer = undefined;
       g.next = trigger;
-      g.retried = false;
       this.enqueue(g);
     } else {
       // Latest state wins: the queued or follow-up fetch carries the newest bump id.
       g.next = trigger;
-      g.retried = false;
       this.opts.metrics.coalesced.inc();
     }
     this.pump();
+  }
+
+  /**
+   * Park a group until its retry (or the end of a Retry-After pause) is due, then queue it again
+   * under the concurrency cap. One timer per group at most; it does not keep the process alive.
+   */
+  private wait(g: Group, ms: number): void {
+    g.state = 'waiting';
+    clearTimeout(g.retryTimer);
+    g.retryTimer = setTimeout(() => {
+      g.retryTimer = undefined;
+      if (g.state !== 'waiting') return;
+      if (this.closed || !g.next) {
+        g.state = 'idle';
+        g.next = null;
+        return;
+      }
+      this.enqueue(g);
+      this.pump();
+    }, ms);
+    g.retryTimer.unref();
+  }
+
+  /** ms left of a Retry-After pause on this group's credentials or path (<= 0: none). */
+  private pauseLeft(g: Group, now: number): number {
+    let until = 0;
+    if (this.pausedCred.size > 0) until = this.pausedCred.get(g.credKey) ?? 0;
+    if (this.pausedPath.size > 0) until = Math.max(until, this.pausedPath.get(g.path) ?? 0);
+    return until - now;
+  }
+
+  private pause(map: Map<string, number>, scope: string, until: number, now: number): void {
+    // Expired pauses go here, not on a timer each: the maps stay as small as the live pauses.
+    if (map.size >= 64) for (const [k, t] of map) if (t <= now) map.delete(k);
+    map.set(scope, Math.max(map.get(scope) ?? 0, until));
+  }
+
+  /**
+   * Bookkeeping after a result: the group's failure count, and a Retry-After pause for the
+   * credential (429) or path (503) the API asked to slow down. Returns the delay before the
+   * group's next fetch, or 0 when the result is final. The delay is exponential in the failures
+   * in a row (retryBaseMs x 2^n up to retryMaxMs), jittered to 50-100 % so groups that failed
+   * together do not retry together, and never shorter than the Retry-After (RFC 9110 10.2.3).
+   */
+  private afterResult(g: Group, result: FetchResult): number {
+    if (!shouldRetry(result)) {
+      g.failures = 0;
+      return 0;
+    }
+    g.failures += 1;
+    const cap = this.opts.retryMaxMs ?? 30_000;
+    const exp = Math.min(cap, (this.opts.retryBaseMs ?? 500) * 2 ** Math.min(g.failures - 1, 30));
+    let delay = exp / 2 + Math.random() * (exp / 2);
+    if (result.retryAfterMs !== undefined && (result.status === 429 || result.status === 503)) {
+      const ms = Math.min(result.retryAfterMs, this.opts.maxRetryAfterMs ?? 60_000);
+      const now = performance.now();
+      if (result.status === 429) this.pause(this.pausedCred, g.credKey, now + ms, now);
+      else this.pause(this.pausedPath, g.path, now + ms, now);
+      this.opts.logger.warn('API asked to back off', { status: result.status, retryAfterMs: ms, ...(result.status === 429 ? { cred: g.credKey } : { path: g.path }) });
+      delay = Math.max(delay, ms);
+    }
+    return delay;
   }
 
   private enqueue(g: Group): void {
@@ -288,13 +453,15 @@ export class Dispatcher {
         snapshot();
         continue;
       }
-      const wait = this.pausedUntil - Date.now();
-      if (wait > 0) {
-        this.pauseTimer ??= setTimeout(() => { this.pauseTimer = undefined; this.pump(); }, wait);
-        break;
-      }
       const g = this.closed ? undefined : this.dequeue();
       if (!g) break;
+      if (this.pausedCred.size + this.pausedPath.size > 0) {
+        const left = this.pauseLeft(g, performance.now());
+        if (left > 0) {
+          this.wait(g, left);
+          continue;
+        }
+      }
       this.active += 1;
       this.track(this.run(g).finally(() => this.release()));
     }
@@ -331,6 +498,16 @@ export class Dispatcher {
   }
 
   private async fetch(path: string, headers: Watch['headers'], reason: string, validators?: Validators): Promise<FetchResult> {
+    let ok = this.sendable.get(headers);
+    if (ok === undefined) this.sendable.set(headers, (ok = sendable(headers)));
+    if (!ok) {
+      // Never handed to undici: a Pool request refused for an invalid header value keeps its
+      // connection slot (undici 7.30), and `connections` of them stall every later fetch.
+      return {
+        status: 0, headers: {}, body: '', encoding: 'utf8', fetchedAt: Date.now(), notSent: true,
+        error: { code: 'unreachable', message: 'the credentials or forwarded headers are not valid HTTP field values; nothing was sent' },
+      };
+    }
     const started = process.hrtime.bigint();
     const result = await this.opts.fetcher.fetch({ path, headers, reason, ...(validators ? { validators } : {}) });
     this.opts.metrics.fetchSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
@@ -348,50 +525,65 @@ export class Dispatcher {
     const trigger = g.next!;
     g.next = null;
     const watches = this.liveWatches(g);
+    let retryIn = 0;
     if (watches.length > 0) {
       // Revalidate only when every watcher already holds what the validators stand for; a
       // watcher that joined since needs the body, and a 304 would not carry it.
       const v = g.validators;
       const revalidate = v && watches.every((w) => w.lastSent?.bodyHash === v.bodyHash && w.lastSent.status === v.status);
       const result = await this.fetch(g.path, watches[0].headers, trigger.reason, revalidate ? v : undefined);
-      if (isFailure(result)) this.failed.add(g.key);
+      if (noResponse(result)) this.failed.add(g.key);
       else this.failed.delete(g.key);
-      if (BACK_OFF.has(result.status) && result.retryAfterMs !== undefined && !g.retried) {
-        const ms = Math.min(result.retryAfterMs, this.opts.maxRetryAfterMs ?? 60_000);
-        this.pausedUntil = Math.max(this.pausedUntil, Date.now() + ms);
-        this.opts.logger.warn('API asked to back off', { status: result.status, retryAfterMs: ms });
-        g.next ??= trigger;
-        g.retried = true;
-      } else if (result.status === 304 && v) {
-        this.opts.metrics.unchangedSkipped.inc(watches.length);
+      retryIn = this.afterResult(g, result);
+      if (result.status === 304 && revalidate) {
+        const fresh = usableValidators(result.validators);
+        if (fresh) g.validators = { ...fresh, status: 200, bodyHash: v.bodyHash };
+        if (this.opts.pushUnchanged && g.held) await this.deliver(g, this.freshen(g.held, result), trigger, v.bodyHash, g.failures > 1);
+        else this.opts.metrics.unchangedSkipped.inc(watches.length);
       } else {
         const hash = bodyHash(result);
-        g.validators = result.status === 200 && result.validators
-          ? { ...result.validators, status: 200, bodyHash: hash }
-          : undefined;
-        await this.deliver(g, result, trigger, hash);
+        const usable = result.status === 200 ? usableValidators(result.validators) : undefined;
+        g.validators = usable ? { ...usable, status: 200, bodyHash: hash } : undefined;
+        g.held = usable && this.opts.pushUnchanged ? { headers: result.headers, body: result.body, encoding: result.encoding } : undefined;
+        await this.deliver(g, result, trigger, hash, g.failures > 1);
       }
     }
-    if (g.next && this.closed) g.next = null; // a bump that came while fetching: too late now
-    if (g.next) {
+    if (this.closed) g.next = null; // a bump that came while fetching: too late now
+    if (!this.opts.registry.group(g.path, g.credKey)) {
+      // its last watch went while it fetched
+      g.state = 'idle';
+      g.next = null;
+      this.forget(g.key);
+    } else if (g.next) {
       this.enqueue(g);
       this.pump();
+    } else if (retryIn > 0 && !this.closed) {
+      g.next = trigger;
+      this.wait(g, retryIn);
     } else {
       g.state = 'idle';
-      if (!this.opts.registry.group(g.path, g.credKey)) {
-        this.groups.delete(g.key);
-        this.failed.delete(g.key);
-      }
     }
   }
 
+  /**
+   * A 304 with pushUnchanged: the held 200, its header fields updated from the 304's (RFC 9111
+   * 4.3.4 "freshening", 3.2), as the Update.
+   */
+  private freshen(held: NonNullable<Group['held']>, r: FetchResult): FetchResult {
+    const headers = { ...held.headers };
+    for (const [name, value] of Object.entries(r.headers)) if (!KEEP_ON_304.has(name)) headers[name] = value;
+    held.headers = headers;
+    return { status: 200, headers, body: held.body, encoding: held.encoding, fetchedAt: r.fetchedAt };
+  }
+
   /** Publish one result to every watch of the group, as it is now (not when the fetch began). */
-  private async deliver(g: Group, result: FetchResult, trigger: Trigger, hash: string): Promise<void> {
+  private async deliver(g: Group, result: FetchResult, trigger: Trigger, hash: string, retrying = false): Promise<void> {
     const { metrics, logger, publisher, pushUnchanged } = this.opts;
     const watches = this.liveWatches(g);
     if (watches.length > 1) metrics.deduplicated.inc(watches.length - 1);
     const rejected = CREDENTIALS_REJECTED.has(result.status);
-    if (result.error) logger.warn('fetch failed', { path: g.path, cred: g.credKey, code: result.error.code, watches: watches.length });
+    // one warning per failure; the retries of it that fail again are debug lines
+    if (result.error) logger[retrying ? 'debug' : 'warn']('fetch failed', { path: g.path, cred: g.credKey, code: result.error.code, watches: watches.length, failures: g.failures });
     const publishes: Promise<void>[] = [];
     for (const watch of watches) {
       if (rejected) {

@@ -54,8 +54,14 @@ export class WatchRegistry {
   private readonly bySession = new Map<SessionId, Set<Watch>>();
   private readonly byPathIndex = new Map<string, PathEntry>();
   private readonly credentials = new Map<string, { headers: ForwardHeaders; refs: number }>();
+  private readonly groupGoneListeners: Array<(path: string, credKey: string) => void> = [];
 
   constructor(private readonly maxPerSession: number) {}
+
+  /** Call `fn` whenever the last watch of a (path, credentials) group goes (unwatch, leave, new credentials). */
+  onGroupGone(fn: (path: string, credKey: string) => void): void {
+    this.groupGoneListeners.push(fn);
+  }
 
   get size(): number {
     return this.byId.size;
@@ -207,7 +213,10 @@ export class WatchRegistry {
     const set = entry.byCred.get(w.credKey);
     if (!set) return;
     set.delete(w);
-    if (set.size === 0) entry.byCred.delete(w.credKey);
+    if (set.size === 0) {
+      entry.byCred.delete(w.credKey);
+      for (const fn of this.groupGoneListeners) fn(entry.path, w.credKey);
+    }
     if (entry.byCred.size === 0) this.byPathIndex.delete(entry.path);
   }
 

@@ -1,7 +1,8 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { request as httpRequest, type ClientRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
-import type { Socket } from 'node:net';
+import { connect as netConnect, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import autobahn from 'autobahn';
 import { Redis } from 'ioredis';
 import type { WaymarkConfig } from '../protocol/config.js';
@@ -34,6 +35,12 @@ export interface CheckResult {
 export interface DoctorOptions {
   /** upper bound of each check. @default 3000 */
   timeoutMs?: number;
+  /**
+   * With a value above 0, a last check (`bumps`) watches Redis for this long (MONITOR) and says
+   * where the bumps published meanwhile went: bumps sent where Waymark does not listen (a
+   * framework's key prefix on the channel, a typo) are otherwise silent. @default 0 (off)
+   */
+  listenMs?: number;
   /** told about each result as soon as it is known, so a slow check shows what it waits for */
   onResult?: (result: CheckResult) => void;
 }
@@ -337,6 +344,120 @@ async function checkApi(url: string, timeoutMs: number): Promise<CheckResult> {
   }
 }
 
+/**
+ * Redis MONITOR on a connection of its own for `ms`, handing each command's arguments to
+ * `onCommand`. Spoken directly (RESP: one `+<time> [<db> <client>] "arg" ...` line per command):
+ * ioredis' monitor() mistakes a busy server's first lines for replies ("Command queue state error").
+ */
+function monitorRedis(rawUrl: string, ms: number, timeoutMs: number, onCommand: (args: string[]) => void): Promise<void> {
+  const u = new URL(rawUrl);
+  const port = Number(u.port || 6379);
+  const host = u.hostname.replace(/^\[|\]$/g, '');
+  const socket = u.protocol === 'rediss:' ? tlsConnect({ host, port, servername: host }) : netConnect({ host, port });
+  const resp = (...args: string[]) => `*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join('')}`;
+  const password = decodeURIComponent(u.password);
+  const user = decodeURIComponent(u.username);
+  const db = u.pathname.slice(1);
+  return new Promise<void>((resolve, reject) => {
+    let buffered = '';
+    let monitoring = false;
+    let oks = 0;
+    const expected = (password ? 1 : 0) + (db ? 1 : 0) + 1;
+    let timer: NodeJS.Timeout | undefined = setTimeout(() => finish(new DeadlineError(`no answer to MONITOR within ${timeoutMs} ms`)), timeoutMs);
+    const finish = (err?: Error) => {
+      clearTimeout(timer);
+      timer = undefined;
+      socket.destroy();
+      if (err) reject(err); else resolve();
+    };
+    socket.on('error', (err) => finish(err));
+    socket.on('connect', () => {
+      socket.write((password ? resp('AUTH', ...(user ? [user, password] : [password])) : '') + (db ? resp('SELECT', db) : '') + resp('MONITOR'));
+    });
+    socket.setEncoding('utf8');
+    socket.on('data', (chunk: string) => {
+      buffered += chunk;
+      let nl: number;
+      while ((nl = buffered.indexOf('\r\n')) >= 0) {
+        const line = buffered.slice(0, nl);
+        buffered = buffered.slice(nl + 2);
+        if (line.startsWith('-')) return finish(new Error(line.slice(1)));
+        if (!line.startsWith('+')) continue;
+        if (!monitoring) {
+          // AUTH and SELECT answer +OK, and so does MONITOR: every later line is a command it saw
+          if (line !== '+OK') return finish(new Error(`unexpected answer ${line}`));
+          if (++oks === expected) {
+            monitoring = true;
+            clearTimeout(timer);
+            timer = setTimeout(() => finish(), ms);
+          }
+          continue;
+        }
+        const args = [...line.matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((m) => m[1].replace(/\\(x[0-9a-f]{2}|.)/gi, (_, e: string) => (
+          e.length === 3 ? String.fromCharCode(parseInt(e.slice(1), 16)) : ({ n: '\n', r: '\r', t: '\t', a: '\x07', b: '\b' } as Record<string, string>)[e] ?? e)));
+        onCommand(args);
+      }
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// bumps: where do the bumps published meanwhile go? (MONITOR for a while)
+// ---------------------------------------------------------------------------------------------
+
+/** A Redis command that delivers a bump, and the argument naming where it goes. */
+const DELIVERY: Record<string, 'channel' | 'stream'> = { publish: 'channel', spublish: 'channel', xadd: 'stream' };
+
+/**
+ * Watches every command Redis runs for `listenMs` (MONITOR: it costs Redis some throughput while
+ * it runs, so it is only done when asked) and counts PUBLISH/XADD by destination. Waymark hears
+ * only its own channel (or stream): one that ends with it under a prefix is the trap of clients
+ * that prefix every key and channel (Laravel's `laravel_database_`, a Rails/Django cache prefix).
+ */
+async function checkBumps(url: string, target: { channel: string; stream?: string }, listenMs: number, timeoutMs: number): Promise<CheckResult> {
+  const name = 'bumps';
+  const kind = target.stream ? 'stream' : 'channel';
+  const where = target.stream ?? target.channel;
+  const command = target.stream ? 'XADD' : 'PUBLISH';
+  const seen = new Map<string, number>();
+  try {
+    await monitorRedis(url, listenMs, timeoutMs, (args) => {
+      const op = String(args[0] ?? '').toLowerCase();
+      if (DELIVERY[op] !== kind || args[1] === undefined) return;
+      // Waymark's own liveness probes ({"probe": ...}) and other doctors' probe bumps are no backend's bumps
+      if (args.some((a, i) => i >= 2 && /^\{"probe":|"id":"doctor-/.test(a))) return;
+      seen.set(args[1], (seen.get(args[1]) ?? 0) + 1);
+    });
+  } catch (err) {
+    const reason = err instanceof DeadlineError ? err.message : reasonOf(err);
+    return { name, status: 'fail', detail: `cannot watch Redis (${reason})${/NOPERM|unknown command/i.test(reason) ? ': MONITOR is not allowed for this user; try redis-cli MONITOR as an admin' : ''}` };
+  }
+  const hits = seen.get(where) ?? 0;
+  seen.delete(where);
+  const elsewhere = [...seen.entries()].sort((a, b) => b[1] - a[1]);
+  const near = elsewhere.filter(([dest]) => dest.includes(where) || /waymark/i.test(dest));
+  const list = (entries: Array<[string, number]>) => (entries.length
+    ? `; ${command} elsewhere: ${entries.slice(0, 5).map(([d, n]) => `${d} (${n})`).join(', ')}${entries.length > 5 ? ', ...' : ''}`
+    : '');
+  const others = list(elsewhere);
+  if (near.length > 0) {
+    const [dest, count] = near[0];
+    const at = dest.indexOf(where);
+    const prefix = at > 0 ? dest.slice(0, at) : '';
+    const setting = `WAYMARK_BUMP_${target.stream ? 'STREAM' : 'CHANNEL'}`;
+    const hint = prefix
+      ? `a client prefixes the ${kind} name with ${JSON.stringify(prefix)}${/laravel/i.test(prefix) ? " (Laravel's Redis prefix)" : ''}: publish on a connection without the prefix, or set ${setting}=${dest}`
+      : `Waymark listens on ${where}: publish there, or set ${setting}`;
+    return { name, status: 'fail', detail: `in ${listenMs} ms: ${hits} bump(s) on ${where}, but ${count} ${command} on ${dest}, which no Waymark hears; ${hint}${list(elsewhere.filter(([d]) => d !== dest))}` };
+  }
+  if (hits > 0) return { name, status: 'ok', detail: `in ${listenMs} ms: ${hits} bump(s) ${target.stream ? 'added to stream' : 'published on'} ${where}${others}` };
+  // Not proven wrong (the app may simply not have changed anything), so not a failure.
+  return {
+    name, status: 'skip',
+    detail: `in ${listenMs} ms: no bump on ${where}${others || ` (no ${command} at all)`}: change something in your app while this runs; its backend should ${command} on ${where}`,
+  };
+}
+
 /** Run every check, reporting each as it completes. Resolves with all results in order. */
 export async function runDoctor(config: WaymarkConfig, opts: DoctorOptions = {}): Promise<CheckResult[]> {
   const timeoutMs = opts.timeoutMs ?? 3_000;
@@ -355,6 +476,7 @@ export async function runDoctor(config: WaymarkConfig, opts: DoctorOptions = {})
     report(await checkApi(config.apiUrl, timeoutMs));
     if (typeof session === 'string') report({ name: 'waymark.watch', status: 'skip', detail: `not checked: ${session}` });
     else report(await checkWatch(session, timeoutMs));
+    if ((opts.listenMs ?? 0) > 0) report(await checkBumps(config.redisUrl, { channel: config.bumpChannel, stream: config.bumpStream }, opts.listenMs!, timeoutMs));
   } finally {
     if (typeof session !== 'string') session.close();
   }

@@ -2,7 +2,7 @@ import { ConfigError } from './errors.js';
 
 /** Request headers Waymark sets itself: a client can never supply them (contract section 2). */
 export const RESERVED_REQUEST_HEADERS: readonly string[] = [
-  'host', 'x-waymark', 'user-agent', 'content-length', 'transfer-encoding', 'connection',
+  'host', 'x-waymark', 'user-agent', 'content-length', 'transfer-encoding', 'connection', 'accept-encoding',
 ];
 
 /** Hop-by-hop headers (RFC 9110 7.6.1) and set-cookie never reach a browser. */
@@ -130,14 +130,49 @@ export type BumpTarget = Pick<WaymarkConfig, 'redisUrl' | 'bumpChannel' | 'bumpS
  * do not take the component's whole configuration.
  */
 export function loadBumpTarget(env: Env): BumpTarget {
+  const redisUrl = env.WAYMARK_REDIS_URL?.trim() || DEFAULTS.redisUrl;
+  const redisProblem = redisUrlProblem(redisUrl);
+  if (redisProblem) throw new ConfigError('WAYMARK_REDIS_URL', redisProblem);
   const rawMax = env.WAYMARK_BUMP_STREAM_MAXLEN?.trim();
   if (rawMax && !/^[1-9]\d*$/.test(rawMax)) throw new ConfigError('WAYMARK_BUMP_STREAM_MAXLEN', `must be a whole number above 0, got ${JSON.stringify(rawMax)}`);
   return {
-    redisUrl: env.WAYMARK_REDIS_URL || DEFAULTS.redisUrl,
+    redisUrl,
     bumpChannel: env.WAYMARK_BUMP_CHANNEL || DEFAULTS.bumpChannel,
     bumpStream: env.WAYMARK_BUMP_STREAM?.trim() || undefined,
     ...(rawMax ? { bumpStreamMaxLen: Number(rawMax) } : {}),
   };
+}
+
+/**
+ * Only where a browser joins, for `waymark watch`: WAYMARK_ROUTER_URL and WAYMARK_REALM, checked
+ * as `loadConfig` checks them.
+ */
+export function loadRouterTarget(env: Env): Pick<WaymarkConfig, 'routerUrl' | 'realm'> {
+  const routerUrl = env.WAYMARK_ROUTER_URL?.trim() || DEFAULTS.routerUrl;
+  const problem = wsUrlProblem(routerUrl);
+  if (problem) throw new ConfigError('WAYMARK_ROUTER_URL', problem);
+  return { routerUrl, realm: env.WAYMARK_REALM?.trim() || DEFAULTS.realm };
+}
+
+function wsUrlProblem(v: string): string | undefined {
+  try {
+    const u = new URL(v);
+    if (u.protocol !== 'ws:' && u.protocol !== 'wss:') return `must be a ws:// or wss:// URL, got ${v}`;
+  } catch {
+    return `must be a ws:// or wss:// URL, got ${JSON.stringify(v)}`;
+  }
+  return undefined;
+}
+
+function redisUrlProblem(v: string): string | undefined {
+  try {
+    const u = new URL(v);
+    if (u.protocol !== 'redis:' && u.protocol !== 'rediss:') return `must be a redis:// or rediss:// URL, got ${u.protocol}`;
+  } catch {
+    // not quoted: a mistyped URL may still carry the password
+    return 'must be a redis:// or rediss:// URL, e.g. redis://127.0.0.1:6379';
+  }
+  return undefined;
 }
 
 /**
@@ -181,12 +216,8 @@ export function loadConfig(env: Env): WaymarkConfig {
   };
   const wsUrl = (name: string, def: string): string => {
     const v = str(name, def);
-    try {
-      const u = new URL(v);
-      if (u.protocol !== 'ws:' && u.protocol !== 'wss:') bad(name, `must be a ws:// or wss:// URL, got ${v}`);
-    } catch {
-      bad(name, `must be a ws:// or wss:// URL, got ${JSON.stringify(v)}`);
-    }
+    const problem = wsUrlProblem(v);
+    if (problem) bad(name, problem);
     return v;
   };
 
@@ -197,12 +228,8 @@ export function loadConfig(env: Env): WaymarkConfig {
   if (routerAuthid && !routerTicket) bad('WAYMARK_ROUTER_TICKET', 'is required when WAYMARK_ROUTER_AUTHID is set');
 
   const redisUrl = str('WAYMARK_REDIS_URL', DEFAULTS.redisUrl);
-  try {
-    const u = new URL(redisUrl);
-    if (u.protocol !== 'redis:' && u.protocol !== 'rediss:') bad('WAYMARK_REDIS_URL', `must be a redis:// or rediss:// URL, got ${u.protocol}`);
-  } catch {
-    bad('WAYMARK_REDIS_URL', 'must be a redis:// or rediss:// URL');
-  }
+  const redisProblem = redisUrlProblem(redisUrl);
+  if (redisProblem) bad('WAYMARK_REDIS_URL', redisProblem);
   const bumpChannel = str('WAYMARK_BUMP_CHANNEL', DEFAULTS.bumpChannel);
   const bumpStream = env.WAYMARK_BUMP_STREAM?.trim() || undefined;
   const bumpStreamReader = str('WAYMARK_BUMP_STREAM_READER', DEFAULTS.bumpStreamReader);

@@ -25,9 +25,20 @@ export interface FetchRequest {
 export interface Validators {
   etag?: string;
   lastModified?: string;
+  /**
+   * the response's `Date`, which tells whether `lastModified` is strong enough to revalidate
+   * with (RFC 9110 8.8.2.2); ignored in a request
+   */
+  date?: string;
 }
 
-export type FetchErrorCode = 'timeout' | 'unreachable' | 'too_large';
+/**
+ * Why a fetch gave no usable body. `timeout` and `unreachable`: no response (the API looks down);
+ * `too_large`: a body over WAYMARK_MAX_BODY_BYTES, received or decoded; `invalid_response`
+ * (an extension of contract section 3): the API answered bytes that are not a readable HTTP
+ * response (head too large or malformed, bad chunked framing, a corrupt content coding).
+ */
+export type FetchErrorCode = 'timeout' | 'unreachable' | 'too_large' | 'invalid_response';
 
 export interface FetchResult {
   status: number;
@@ -39,6 +50,11 @@ export interface FetchResult {
   /** internal, never published: the response's validators and Retry-After, whatever the allowlist */
   validators?: Validators;
   retryAfterMs?: number;
+  /**
+   * internal: the request failed before anything was sent (a local error such as a header value
+   * undici refuses); it says nothing about the API, so the breaker ignores it and it is not retried
+   */
+  notSent?: boolean;
 }
 
 /** What a client receives on `waymark.session.<id>` (contract section 3). */

@@ -16,8 +16,11 @@ export function sessionTopic(session: number): string {
 }
 
 /**
- * Shared by all browsers: Waymark announces `{ event: 'started', instance }` here when an
- * instance (re)joins, so clients re-watch whatever a restarted instance may have lost.
+ * Shared by all browsers. Waymark announces here, right after registering its procedures and
+ * the authorizer: `{ event: 'started', instance }` when a process joins (clients re-watch
+ * whatever a restarted instance lost) and `{ event: 'rejoined', instance }` when it joins again
+ * after losing the router (it kept its watches; clients still waiting to join retry now). A
+ * survivor announces `{ event: 'resync', instance }` when another instance left.
  */
 export const ANNOUNCE_TOPIC = 'waymark.announce';
 

@@ -10,7 +10,7 @@ export class RateLimitedLog {
   constructor(private readonly logger: Logger, private readonly intervalMs = 10_000) {}
 
   warn(kind: string, message: string, meta: Record<string, unknown> = {}): void {
-    const now = Date.now();
+    const now = performance.now(); // monotonic: a clock step must not mute or unmute a kind
     const entry = this.last.get(kind);
     if (entry && now - entry.at < this.intervalMs) {
       entry.suppressed += 1;

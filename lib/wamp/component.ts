@@ -23,7 +23,7 @@ import {
   ANNOUNCE_TOPIC, META_ON_LEAVE, META_SESSION_LIST, PROC_AUTHORIZE, PROC_REFRESH, PROC_UNWATCH, PROC_WATCH, sessionTopic,
   WAMP_SUBPROTOCOLS,
 } from '../protocol/uris.js';
-import { callerOf, parseCredentials, parseWatchArgs, resolveApiUrl } from '../protocol/validation.js';
+import { callerOf, parseCredentials, parseWatchArgs, resolveApiUrl, validatePath } from '../protocol/validation.js';
 import { watchId, WatchRegistry } from '../engine/watch-registry.js';
 import { Instances } from '../cluster/instances.js';
 import { RedisWatchIndex, type WatchIndex } from '../cluster/watch-index.js';
@@ -76,6 +76,11 @@ export class Waymark {
   private cancelJoin?: () => void;
   /** called when the router connection closes, for stop() to wait for its GOODBYE */
   private whenClosed?: () => void;
+  /**
+   * Sessions with a client call in flight, and whether they left meanwhile: a call's effect that
+   * lands after an await (the shared index, Redis) must not outlive a leave handled during it.
+   */
+  private readonly inFlight = new Map<number, { calls: number; left: boolean }>();
 
   constructor(readonly config: WaymarkConfig, opts: WaymarkOptions = {}) {
     this.logger = opts.logger ?? silentLogger();
@@ -94,6 +99,8 @@ export class Waymark {
     this.fetcher = config.breakerFailures > 0
       ? new CircuitBreakerFetcher(http, {
         failures: config.breakerFailures,
+        // one tenant's failing paths are not an outage: it takes two credentials' failures
+        minCredentials: 2,
         cooldownMs: config.breakerCooldownMs,
         origin: () => apiOrigin,
         logger: this.logger.child({ module: 'breaker' }),
@@ -250,8 +257,11 @@ export class Waymark {
         max_retry_delay: 10,
         retry_delay_growth: 1.5,
       });
+      closeEachTransportOnce(connection);
       this.connection = connection;
+      let attempt = 0;
       connection.onopen = (session) => {
+        attempt = 0;
         if (this.stopRequested) {
           // a reconnect timer autobahn kept after close(): this session must not serve
           connection.close('wamp.close.normal', 'waymark stopping');
@@ -293,8 +303,10 @@ export class Waymark {
           reject(new Error(`router refused the session: ${d.reason}${d.message ? ` (${d.message})` : ''}`));
           return true;
         }
-        if (lost) this.logger.warn('router connection lost', { reason, detail: d?.reason, willRetry: d?.will_retry });
-        else this.logger.warn('router not reachable', { reason, detail: d?.reason, retryInSeconds: d?.retry_delay });
+        attempt += 1;
+        const retryInSeconds = d?.retry_delay == null ? undefined : Math.round(d.retry_delay * 1000) / 1000;
+        if (lost) this.logger.warn('router connection lost', { reason, detail: d?.reason, willRetry: d?.will_retry, retryInSeconds });
+        else this.logger.warn('router not reachable', { reason, detail: d?.reason, attempt, retryInSeconds });
         return false;
       };
       connection.open();
@@ -303,8 +315,9 @@ export class Waymark {
 
   /**
    * Register the procedures and subscribe to meta events; runs again on every rejoin, since the
-   * router forgot both with the old session. Only the first join is announced: after a rejoin
-   * this instance still holds every watch, so browsers have nothing to re-watch.
+   * router forgot both with the old session. Every join is announced as soon as the
+   * registrations are in place: `started` (a new process: browsers re-watch) or `rejoined` (this
+   * instance still holds every watch; only browsers still waiting to join retry now).
    */
   private async setup(session: autobahn.Session, rejoin: boolean): Promise<void> {
     const shared = { invoke: 'roundrobin' } as autobahn.IRegisterOptions;
@@ -318,12 +331,12 @@ export class Waymark {
       }, shared),
     ]);
     if (this.session === session) this.registrations = registrations;
+    // Until now Crossbar refused the browser role everything (no authorizer), and browsers
+    // back before us keep retrying with a back-off: those already listening retry at once.
+    await session.publish(ANNOUNCE_TOPIC, [{ event: rejoin ? 'rejoined' : 'started', instance: this.instance }], {}, { acknowledge: true });
     await session.subscribe(META_ON_LEAVE, (args) => this.onSessionLeft(args?.[0]));
     // Every join: peers learn this instance's session, and it drops watches others took meanwhile.
     await this.instances.join(session);
-    // Tell browsers an instance started: clients re-watch, so nothing a restart lost stays lost.
-    // Not on a rejoin: the router kept the browsers' sessions and reconcile() catches up.
-    if (!rejoin) await session.publish(ANNOUNCE_TOPIC, [{ event: 'started', instance: this.instance }], {}, { acknowledge: true });
   }
 
   /**
@@ -359,17 +372,31 @@ export class Waymark {
 
   /** Every client procedure: identify the caller, apply its rate limit, map errors to their URI. */
   private async rpc<T>(details: unknown, fn: (caller: number) => Promise<T> | T): Promise<T> {
+    let caller: number | undefined;
     try {
-      const caller = callerOf(details);
-      if (!(await this.instances.allowCall(caller, () => this.rateLimiter.take(caller)))) {
+      caller = callerOf(details);
+      // counted before the first await: the router sends a session's calls before its leave
+      const call = this.inFlight.get(caller) ?? { calls: 0, left: false };
+      call.calls += 1;
+      this.inFlight.set(caller, call);
+      if (!(await this.instances.allowCall(caller, () => this.rateLimiter.take(caller!)))) {
         throw new WaymarkError('rate_limited', `more than ${this.config.rateLimit} calls per second (burst ${this.config.rateBurst}); slow down`);
       }
+      this.stillThere(caller); // the shared rate bucket is an await too
       return await fn(caller);
     } catch (err) {
       if (err instanceof WaymarkError) throw new autobahn.Error(err.uri, [err.message]);
       this.logger.error('procedure failed', { error: errorText(err) });
       throw err;
+    } finally {
+      const call = caller === undefined ? undefined : this.inFlight.get(caller);
+      if (call && --call.calls === 0) this.inFlight.delete(caller!);
     }
+  }
+
+  /** After an await in a call: throws when the caller left meanwhile (its leave was handled). */
+  private stillThere(session: number): void {
+    if (this.inFlight.get(session)?.left) throw new WaymarkError('no_caller', 'the caller left while the call was in flight');
   }
 
   private async watch(session: number, args: unknown[] | undefined, kwargs: unknown): Promise<WatchResult> {
@@ -381,6 +408,7 @@ export class Waymark {
     let accepted = false;
     let upserted: ReturnType<WatchRegistry['upsert']>;
     try {
+      this.stillThere(session);
       upserted = this.registry.upsert(session, path, headers);
       accepted = true;
     } finally {
@@ -395,7 +423,8 @@ export class Waymark {
     const result: WatchResult = { watch: watch.id, path, topic: sessionTopic(session) };
     if (snapshot) result.snapshot = await this.dispatcher.snapshot(watch);
     // A resumed watch, or one adopted from another instance, may have missed changes: catch up once.
-    else if (resumed || adopted) void this.dispatcher.refetch(watch, 'refresh');
+    // So does one on an error whose retry went with its old credentials.
+    else if (resumed || adopted || (credentialsChanged && this.dispatcher.lastFailed(watch))) void this.dispatcher.refetch(watch, 'refresh');
     return result;
   }
 
@@ -417,10 +446,10 @@ export class Waymark {
     const watches = this.registry.forSession(session);
     let resumed = 0;
     for (const watch of watches) {
-      if (this.registry.replaceCredentials(watch, headers)) {
-        resumed += 1;
-        void this.dispatcher.refetch(watch, 'refresh');
-      }
+      const wasSuspended = this.registry.replaceCredentials(watch, headers);
+      if (wasSuspended) resumed += 1;
+      // a watch on an error: its retry went with the old credentials
+      if (wasSuspended || this.dispatcher.lastFailed(watch)) void this.dispatcher.refetch(watch, 'refresh');
     }
     if (watches.length > 0) this.logger.info('credentials refreshed', { session, updated: watches.length, resumed });
     return watches.length;
@@ -431,8 +460,13 @@ export class Waymark {
     if (typeof target !== 'string' || target.length === 0) {
       throw new WaymarkError('invalid_argument', 'unwatch needs a watch id or a path');
     }
-    const local = this.registry.remove(session, target);
-    const id = target.startsWith('/') ? watchId(session, target) : target;
+    let key = target;
+    if (target.startsWith('/')) {
+      // the watch key of that path (RFC 3986 6.2.2 normal form); no watch has an invalid path
+      try { key = validatePath(target, this.config.maxPathBytes); } catch { /* removes nothing */ }
+    }
+    const local = this.registry.remove(session, key);
+    const id = key.startsWith('/') ? watchId(session, key) : key;
     // The watch may live on another instance: the shared index knows whether it existed.
     const removed = await this.instances.unwatch(session, id, local);
     this.logger.info('unwatch', { session, watch: id, removed });
@@ -447,6 +481,8 @@ export class Waymark {
 
   /** Everything held for a session that is gone; returns how many of its watches were dropped. */
   private forgetSession(id: number): number {
+    const call = this.inFlight.get(id);
+    if (call) call.left = true;
     const dropped = this.registry.dropSession(id);
     this.rateLimiter.forget(id);
     void this.instances.sessionLeft(id);
@@ -510,13 +546,16 @@ export class Waymark {
         // Queued fetches start only while they can still finish (fetch timeout plus a moment
         // for the publish) before the deadline, so every fetch started is also delivered.
         const { shutdownTimeoutMs, fetchTimeoutMs } = this.config;
-        const started = Date.now();
+        const started = performance.now();
         let left = await this.dispatcher.drain(Math.max(0, shutdownTimeoutMs - fetchTimeoutMs - PUBLISH_ALLOWANCE_MS));
         if (left > 0) {
           const dropped = this.dispatcher.stopStarting();
           if (dropped > 0) this.logger.warn('shutdown: queued refetches dropped, too late to finish before the deadline', { dropped });
-          left = await this.dispatcher.drain(Math.max(0, shutdownTimeoutMs - (Date.now() - started)));
+          left = await this.dispatcher.drain(Math.max(0, shutdownTimeoutMs - (performance.now() - started)));
         }
+        // Retries waiting for their back-off are not waited for: the watch keeps its last Update.
+        const retries = this.dispatcher.stopStarting();
+        if (retries > 0) this.logger.info('shutdown: pending retries dropped', { dropped: retries });
         if (left > 0) this.logger.warn('shutdown deadline passed with work in flight', { left });
         else this.logger.info('drained: every fetch and publish finished');
       }],
@@ -566,6 +605,30 @@ function handshakeAgent(url: string, ms: number): http.Agent {
     return socket;
   };
   return agent;
+}
+
+/**
+ * In Node, autobahn 22.11.1's WebSocket transport reports one failed connection twice (ws emits
+ * `error`, then `close`, and both call `transport.onclose`), so the connection would run its
+ * close handler twice: two log lines within a millisecond and two steps of back-off per attempt
+ * (its browser branch avoids exactly this). Each transport's first close is the one that counts.
+ */
+function closeEachTransportOnce(connection: autobahn.Connection): void {
+  type Transport = { onclose: (evt: unknown) => void };
+  const c = connection as unknown as { _create_transport: () => Transport | null };
+  const create = c._create_transport.bind(connection);
+  c._create_transport = () => {
+    const transport = create();
+    if (!transport) return transport;
+    let handler: (evt: unknown) => void = () => undefined;
+    let closed = false;
+    Object.defineProperty(transport, 'onclose', {
+      configurable: true,
+      get: () => (evt: unknown) => { if (!closed) { closed = true; handler(evt); } },
+      set: (h: (evt: unknown) => void) => { handler = h; },
+    });
+    return transport;
+  };
 }
 
 /** Seconds a session's entries stay in the shared index without a touch from their owner. */

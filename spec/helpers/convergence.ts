@@ -101,3 +101,23 @@ export async function converge(
   console.log(`      fault: ${name} lost=${result.lost} converge_ms=${result.convergeMs}`);
   return result;
 }
+
+/**
+ * The same measure and line as converge(), for watches read through something else than a
+ * helper Client (e.g. waymark/client callbacks, a browser page): `stale` names the watches whose
+ * last Update is not the API's current state yet; it is polled every 20 ms until none or the
+ * deadline.
+ */
+export async function convergeBy(
+  name: string, stale: () => number | Promise<number>, since: number, timeoutMs = 10_000,
+): Promise<Convergence> {
+  const deadline = since + timeoutMs;
+  let left = await stale();
+  while (left > 0 && Date.now() < deadline) {
+    await sleep(20);
+    left = await stale();
+  }
+  const result = { lost: left, convergeMs: left === 0 ? Date.now() - since : -1 };
+  console.log(`      fault: ${name} lost=${result.lost} converge_ms=${result.convergeMs}`);
+  return result;
+}
