@@ -7,8 +7,9 @@ import { relative } from 'node:path';
 import os from 'node:os';
 import autobahn from 'autobahn';
 import got from 'got';
+import type { Redis } from 'ioredis';
 import { createLogger } from '../lib/support/logger.js';
-import { here, nowMs, Worker } from './procs.js';
+import { here, nowMs, percentile, Worker } from './procs.js';
 import { fanOut, latency } from './scenarios.js';
 import { ready, sleep, Stack, type StackOptions } from './stack.js';
 import { outageRows, requestsRows, throughputRows } from './throughput.js';
@@ -56,7 +57,7 @@ async function main() {
   const startStack = (o: Partial<StackOptions>) => Stack.start({ routerCostUs: 0, apiUrl, upstreamPid: upstream.pid, redisUrl: REDIS_URL, sessions: 1, watcherProcs: P.watchers, log, ...o });
 
   // First pass: the router as cheap as fox-wamp is; every scenario.
-  const maxSessions = Math.max(runs('a') ? Math.max(...P.fanout) : 1, runs('b') ? P.dedupe[0] : 1, runs('c') ? P.burst : 1, runs('e') ? P.memory[1] : 1, runs('i') ? Math.max(...T.sizes) : 1, runs('ii') ? T.requests : 1);
+  const maxSessions = Math.max(runs('a') ? Math.max(...P.fanout) : 1, runs('b') ? P.dedupe[0] : 1, runs('c') ? P.burst : 1, runs('e') ? P.memory[1] : 1, runs('i') ? Math.max(...T.sizes) : 1, runs('ii') ? T.requests : 1, runs('g') || runs('h') ? (quick ? 2000 : 10_000) : 1);
   const stack = await startStack({ sessions: maxSessions });
   const { watchers, channel, redis, adminPort, pool } = stack;
   const control = (q: string) => stack.control(q);
@@ -183,6 +184,10 @@ async function main() {
     agent.destroy();
   }
 
+  const ctx: Ctx = { watchers, control, reset, waitReceived, watchAll, cpuNow, cpuDelta, channel, redis, sessions: stack.ids.length, component: stack.component.pid! };
+  if (runs('g')) await tagBumpScenario(ctx);
+  if (runs('h')) await revalidationScenario(ctx);
+
   if (runs('i')) rows.push(...await throughputRows(stack, T.sizes, T.probeMs, T.maxRate));
   if (runs('ii')) rows.push(...await requestsRows(stack, T.requests));
   await stack.stop();
@@ -216,6 +221,104 @@ async function main() {
     process.stdout.write(`\nresults written to ${relative(process.cwd(), file) || file}\n`);
   }
   process.exit(0);
+}
+
+/** What the scenarios below use of main()'s setup. */
+interface Ctx {
+  watchers: Worker[];
+  control: (q: string) => Promise<{ total: number; tokens: number; maxPerToken: number; notModified?: number }>;
+  reset: () => Promise<unknown>;
+  waitReceived: (n: number, timeoutMs?: number) => Promise<{ received: number; lastAt: number }>;
+  watchAll: (n: number, path: (i: number) => string, token: (i: number) => string) => Promise<number>;
+  cpuNow: () => Record<string, number>;
+  cpuDelta: (a: Record<string, number>) => Record<string, number>;
+  channel: string;
+  redis: Redis;
+  sessions: number;
+  component: number;
+}
+
+/**
+ * g. A tag bump (contract 11.3) that reaches N watches over N/10 paths, each watch with its own
+ * token (N fetches), against the same fetches bumped by naming every path: the cost of finding
+ * the groups through the tag index instead of the path index. Rounds alternate the two bumps.
+ */
+async function tagBumpScenario(ctx: Ctx): Promise<void> {
+  const n = Math.min(quick ? 2000 : 10_000, ctx.sessions);
+  const paths = n / 10;
+  log(`g. tag bump: ${n} watches over ${paths} paths`);
+  await ctx.watchAll(n, (i) => `/tg/${i % paths}`, (i) => `tg-${i}`);
+  const byPath = JSON.stringify({ paths: Array.from({ length: paths }, (_, p) => `/tg/${p}`) });
+  const byTag = JSON.stringify({ tags: ['tg-all'] });
+  const tag: number[] = [];
+  const path: number[] = [];
+  let cpuT: Record<string, number> = {};
+  let cpuP: Record<string, number> = {};
+  const round = async (message: string, r: number) => {
+    await ctx.control(`version?v=tg-${r}-${message.length}`);
+    await ctx.reset();
+    const c = ctx.cpuNow();
+    const start = nowMs();
+    await ctx.redis.publish(ctx.channel, message);
+    const s = await ctx.waitReceived(n);
+    return { ms: s.lastAt - start, cpu: ctx.cpuDelta(c) };
+  };
+  // The warm-up rounds also give every group its tags (from its first response).
+  const repeats = quick ? 3 : 5;
+  for (let r = -2; r < repeats; r++) {
+    // Alternate which goes first, so neither always runs right after the other's garbage.
+    // (The first round is by path: until a group's first response, it has no tags.)
+    const first = r > -2 && r % 2 === 0;
+    const t = first ? await round(byTag, r) : undefined;
+    const p = await round(byPath, r);
+    const t2 = t ?? await round(byTag, r);
+    if (r >= 0) { path.push(p.ms); tag.push(t2.ms); cpuP = p.cpu; cpuT = t2.cpu; }
+  }
+  const t = percentile([...tag].sort((x, y) => x - y), 50);
+  const b = percentile([...path].sort((x, y) => x - y), 50);
+  rows.push({ scenario: `g. tag bump to ${n} watches / ${paths} paths`, figure: 'PUBLISH -> last Update (ms, median)', value: Math.round(t), baseline: Math.round(b), ratio: +(t / b).toFixed(2), target: '<= 1.2', met: t / b <= 1.2, cpu: cpuT, samples: { tag: tag.map(Math.round), path: path.map(Math.round) } });
+  rows.push({ scenario: 'g. same fetches bumped by path (baseline)', figure: `one bump naming all ${paths} paths (ms)`, value: Math.round(b), cpu: cpuP });
+  log(`g. tag bump: ${Math.round(t)} ms (${tag.map(Math.round).join(' ')}), by path ${Math.round(b)} ms (${path.map(Math.round).join(' ')})`);
+}
+
+/**
+ * h. Revalidation (contract 11.4) with nothing changing: N watches at revalidateMs 5000 over 100
+ * (path, token) groups should cost groups / period = 20 conditional requests per second, all
+ * answered 304, and little component CPU. Baseline: the same component idle for as long, before.
+ */
+async function revalidationScenario(ctx: Ctx): Promise<void> {
+  const groups = 100;
+  const perGroup = Math.min(quick ? 20 : 100, ctx.sessions);
+  const periodMs = 5000;
+  const windowMs = quick ? 10_000 : 20_000;
+  const clk = (cpu: Record<string, number>) => cpu.component / (windowMs / 1000);
+  log(`h. revalidation: ${groups * perGroup} watches over ${groups} groups at ${periodMs} ms; idle baseline for ${windowMs} ms`);
+  let c = ctx.cpuNow();
+  await sleep(windowMs);
+  const idle = ctx.cpuDelta(c);
+  const specs: Array<Array<[number, string, string]>> = ctx.watchers.map(() => []);
+  // Global session s lives in worker s % W at local index s / W; each watches every group's path once.
+  for (let s = 0; s < perGroup; s++) {
+    const w = s % ctx.watchers.length;
+    for (let g = 0; g < groups; g++) specs[w].push([Math.floor(s / ctx.watchers.length), `/rv/${g}`, 'rv']);
+  }
+  const r = await Promise.all(ctx.watchers.map((w, i) => w.request({ cmd: 'watch', specs: specs[i], options: { revalidateMs: periodMs } })));
+  const errors = r.reduce((s, x) => s + x.errors, 0);
+  if (errors) throw new Error(`${errors} watch calls failed`);
+  // The first turn of each group (jittered within ±10 %) fetches in full: the watches have no
+  // snapshot, so nothing to be conditional on yet. Measure from the second turn on.
+  await sleep(periodMs * 1.2);
+  await ctx.control('reset');
+  c = ctx.cpuNow();
+  const start = nowMs();
+  await sleep(windowMs);
+  const st = await ctx.control('stats');
+  const busy = ctx.cpuDelta(c);
+  const seconds = (nowMs() - start) / 1000;
+  const perSecond = st.total / seconds;
+  rows.push({ scenario: `h. ${groups * perGroup} revalidating watches / ${groups} groups @ ${periodMs} ms, nothing changes`, figure: 'conditional requests per second (304s)', value: `${perSecond.toFixed(1)} (${st.notModified} of ${st.total} were 304)`, baseline: groups / (periodMs / 1000), target: '~20', met: Math.abs(perSecond - 20) <= 3 && st.notModified === st.total, cpu: busy });
+  rows.push({ scenario: 'h. revalidation CPU', figure: 'component CPU, % of one core', value: +(clk(busy) * 100).toFixed(2), baseline: +(clk(idle) * 100).toFixed(2), target: '< 5', met: clk(busy) < 0.05, cpu: busy });
+  log(`h. revalidation: ${perSecond.toFixed(1)} requests/s, ${st.notModified} of ${st.total} were 304, component ${(clk(busy) * 100).toFixed(2)} % of a core (idle ${(clk(idle) * 100).toFixed(2)} %)`);
 }
 
 main().catch((err) => {

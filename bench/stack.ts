@@ -75,8 +75,8 @@ export class Stack {
       WAYMARK_REDIS_URL: opts.componentRedisUrl ?? opts.redisUrl, WAYMARK_BUMP_CHANNEL: channel, WAYMARK_API_URL: opts.apiUrl,
       WAYMARK_ADMIN_PORT: String(adminPort), WAYMARK_LOG_LEVEL: 'warn', WAYMARK_FETCH_TIMEOUT_MS: '60000',
       WAYMARK_RATE_LIMIT: '1000000', WAYMARK_RATE_BURST: '1000000',
-      // e. gives 100 watches to each of its sessions; the throughput rows add theirs to the same sessions
-      WAYMARK_MAX_WATCHES_PER_SESSION: '1000',
+      // e. fills its sessions to the default limit; g, h and the throughput rows watch more paths from them
+      WAYMARK_MAX_WATCHES_PER_SESSION: '100000',
     }, adminPort);
     opts.log(`router ${routerUrl} (cost ${opts.routerCostUs} us per delivered event), component pid ${component.pid}`);
     const watchers = Array.from({ length: opts.watcherProcs }, () => Worker.start('./watchers-proc.js'));
@@ -106,8 +106,8 @@ export class Stack {
     await this.redis.quit();
   }
 
-  async control(q: string): Promise<{ total: number; tokens: number; maxPerToken: number }> {
-    return (await fetch(`${this.opts.apiUrl}/__control/${q}`)).json() as Promise<{ total: number; tokens: number; maxPerToken: number }>;
+  async control(q: string): Promise<{ total: number; tokens: number; maxPerToken: number; notModified?: number }> {
+    return (await fetch(`${this.opts.apiUrl}/__control/${q}`)).json() as Promise<{ total: number; tokens: number; maxPerToken: number; notModified?: number }>;
   }
 
   cpuNow(): Cpu {

@@ -73,7 +73,7 @@ process.on('message', async (msg: any) => {
         const t0 = nowMs();
         const specs = msg.specs as Array<[number, string, string]>;
         const errors = await pool(specs, msg.concurrency ?? 256, async ([i, path, token]) => {
-          await sessions[i].session.call('waymark.watch', [path, { token }]);
+          await sessions[i].session.call('waymark.watch', [path, { token, ...(msg.options ?? {}) }]);
         });
         reply({ ms: nowMs() - t0, calls: specs.length, errors });
         break;

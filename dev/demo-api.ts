@@ -5,8 +5,9 @@ import type { AddressInfo } from 'node:net';
 
 /**
  * The demo API of `waymark dev` and docker compose: `/users/:id` answers per bearer token, so
- * alice and bob see different data on the same path, and 401 without a known token. Editing a
- * profile (PUT/PATCH/POST) bumps its path, which is all a backend has to do for live updates.
+ * alice and bob see different data on the same path, and 401 without a known token; `/users`
+ * lists them. Responses name the profiles they show in `Waymark-Tags: user:<id>`, and editing a
+ * profile (PUT/PATCH/POST) bumps that tag, which is all a backend has to do for live updates.
  * Every answer carries a strong ETag of its exact body; an edit with `If-Match` that no longer
  * matches gets 412 (RFC 9110 13.1.1), so two tabs cannot overwrite each other unseen. A profile's
  * `updatedAt` (ms since the epoch) is when it was last edited, so every page can show how long
@@ -17,8 +18,11 @@ import type { AddressInfo } from 'node:net';
 export interface DemoApiOptions {
   host?: string;
   port?: number;
-  /** called after every edit with the changed path; the CLI wires it to a Redis PUBLISH */
-  bump?: (path: string) => Promise<void> | void;
+  /**
+   * called after every edit with what changed: the profile's tag (`user:<id>`), which every
+   * response showing that profile declares in `Waymark-Tags`; the CLI wires it to a Redis PUBLISH
+   */
+  bump?: (target: { tags: string[] }) => Promise<void> | void;
   /** serve the browser demo page; the router URL is what the browser connects to */
   page?: DemoPageOptions;
 }
@@ -129,6 +133,12 @@ export function createDemoApiHandler(opts: Pick<DemoApiOptions, 'bump' | 'page'>
       if (url.pathname === '/index.html') url.pathname = '/';
       if (Object.hasOwn(PAGE_FILES, url.pathname)) return sendPageFile(res, url.pathname);
     }
+    if (url.pathname === '/users' && req.method === 'GET') {
+      // A list shows every profile, so it depends on each: one edit's tag bump refreshes it too.
+      if (!/^Bearer (alice|bob)$/.test(req.headers.authorization ?? '')) return send(res, 401, { error: 'a bearer token is required: try alice or bob' });
+      res.setHeader('waymark-tags', [...profiles.keys()].map((id) => `user:${id}`).join(' '));
+      return send(res, 200, [...profiles.values()].map(({ id, name }) => ({ id, name })));
+    }
     const match = /^\/users\/(\d+)$/.exec(url.pathname);
     if (!match) return send(res, 404, { error: 'not found' });
     const auth = /^Bearer (.+)$/.exec(req.headers.authorization ?? '');
@@ -141,7 +151,9 @@ export function createDemoApiHandler(opts: Pick<DemoApiOptions, 'bump' | 'page'>
       // The side effect Waymark's refetches must not cause: they carry X-Waymark.
       if (!req.headers['x-waymark']) profile.views += 1;
       const body = representation(profile, who.viewer, own);
-      res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store', etag: etagOf(body), vary: 'authorization' }).end(body);
+      res.writeHead(200, {
+        'content-type': 'application/json', 'cache-control': 'no-store', etag: etagOf(body), vary: 'authorization', 'waymark-tags': `user:${profile.id}`,
+      }).end(body);
       return;
     }
     if (req.method === 'PUT' || req.method === 'PATCH' || req.method === 'POST') {
@@ -163,7 +175,8 @@ export function createDemoApiHandler(opts: Pick<DemoApiOptions, 'bump' | 'page'>
       // The edit is saved either way; a bump that fails (Redis down) is said, not a 500 for a saved edit.
       let bumpError: string | undefined;
       try {
-        await opts.bump?.(url.pathname);
+        // The backend names what changed, not who shows it: every watch on this profile or a list of it.
+        await opts.bump?.({ tags: [`user:${profile.id}`] });
       } catch (err) {
         bumpError = `saved, but the bump failed (${(err as Error).message}): watchers were not told`;
       }

@@ -1,14 +1,16 @@
 import { randomBytes } from 'node:crypto';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import autobahn from 'autobahn';
-import { Redis } from 'ioredis';
 import { bumperOptions, createBumper } from './bumps/bumper.js';
 import { createWaymark } from './wamp/component.js';
-import { loadBumpTarget, loadConfig, loadRouterTarget, type WaymarkConfig } from './protocol/config.js';
+import { loadBumpTarget, loadConfig, loadRouterTarget, type RedisTarget, type WaymarkConfig } from './protocol/config.js';
+import { createRedis, describeRedis, type RedisClient } from './support/redis.js';
 import { ConfigError } from './protocol/errors.js';
 import { createLogger, redactUrl, type Logger } from './support/logger.js';
 import { sessionTopic, PROC_WATCH, WAMP_SUBPROTOCOLS } from './protocol/uris.js';
 import { VERSION } from './protocol/version.js';
+import { DEFAULTS } from './protocol/config.js';
+import { isValidTag, validatePath } from './protocol/validation.js';
 
 type Env = Record<string, string | undefined>;
 
@@ -24,7 +26,7 @@ Commands:
   serve                 run the Waymark component (configuration from WAYMARK_* variables)
   dev                   run an in-process router, the component and a demo API on this machine
   watch <path>          watch a path as a browser would and print each Update as one JSON line
-  bump <path>...        publish a bump for one or more paths to Redis
+  bump [<path>...]      publish a bump for paths, prefixes (--prefix) and tags (--tag) to Redis
   doctor                check router, realm, authentication, Redis and the API, one line each
   demo-api              run the demo API alone (used by docker compose)
 
@@ -56,17 +58,23 @@ Options:
   --header K:V   an extra request header from the allowlist (repeatable)
   --snapshot     print a first fetch at once
   --count N      exit 0 after N Updates (the snapshot counts)`,
-  bump: `Usage: waymark bump <path>... [--id ID]
+  bump: `Usage: waymark bump [<path>...] [--prefix P]... [--tag T]... [--id ID]
 
-Publishes one bump for the given paths on WAYMARK_BUMP_CHANNEL (default waymark:bumps) of
-WAYMARK_REDIS_URL. The same as: redis-cli PUBLISH waymark:bumps /users/1
-Waymark then refetches each path for its watchers; a watcher gets an Update only if the API's
-answer changed, so a bump with nothing changed pushes nothing.
+Publishes one bump for all of the given paths, prefixes and tags on WAYMARK_BUMP_CHANNEL
+(default waymark:bumps) of WAYMARK_REDIS_URL (or WAYMARK_REDIS_CLUSTER_NODES, or
+WAYMARK_REDIS_SENTINELS with WAYMARK_REDIS_SENTINEL_NAME). A path without a query reaches every
+query of that path; a prefix reaches every path under it (/projects/7 reaches /projects/7/tasks/3);
+a tag reaches every watch whose latest response named it in Waymark-Tags (or Surrogate-Key,
+Cache-Tag). For one path, the same as: redis-cli PUBLISH waymark:bumps /users/1
+Waymark then refetches what the bump reaches for its watchers; a watcher gets an Update only if
+the API's answer changed, so a bump with nothing changed pushes nothing.
 Exit code 0 when published, 1 when Redis is unreachable, 2 on a bad setting or argument.
 With WAYMARK_BUMP_STREAM set (stream mode), adds it to that stream instead:
 redis-cli XADD <stream> MAXLEN ~ 100000 '*' bump /users/1 (WAYMARK_BUMP_STREAM_MAXLEN)
 
 Options:
+  --prefix P     a path prefix to bump (repeatable)
+  --tag T        a tag to bump (repeatable)
   --id ID        bump id passed to the API as X-Waymark (default: Waymark makes one)`,
   doctor: `Usage: waymark doctor [--timeout-ms N]
 
@@ -74,7 +82,8 @@ Checks, with the same WAYMARK_* settings 'waymark serve' reads, one line each:
   router          WAYMARK_ROUTER_URL accepts a WAMP WebSocket
   realm           WAYMARK_REALM can be joined
   authentication  the component's WAYMARK_ROUTER_AUTHID / WAYMARK_ROUTER_TICKET (or anonymous)
-  redis           PING, and a probe bump on WAYMARK_BUMP_CHANNEL comes back (it matches no watch)
+  redis           PING, and a probe bump on WAYMARK_BUMP_CHANNEL comes back (it matches no watch);
+                  names the mode (single, cluster, sentinel) and the node it reached
   api             WAYMARK_API_URL answers HTTP (any status)
   waymark.watch   a Waymark instance is attached (an invalid path gets waymark.error.invalid_path)
   bumps           with --listen-ms: where the bumps published meanwhile go (Redis MONITOR), e.g.
@@ -88,8 +97,9 @@ Options:
                   MONITOR slows a busy Redis while it runs`,
   'demo-api': `Usage: waymark demo-api [--host H] [--port N] [--router-url URL]
 
-Runs the demo API alone: GET /users/:id answers per bearer token (alice, bob; 401 without),
-PUT /users/:id edits your own profile and bumps it on WAYMARK_REDIS_URL.
+Runs the demo API alone: GET /users/:id answers per bearer token (alice, bob; 401 without)
+with Waymark-Tags: user:<id>, GET /users lists them, PUT /users/:id edits your own profile and
+bumps its tag user:<id> on WAYMARK_REDIS_URL.
 
 Options:
   --host H          address to listen on (default 127.0.0.1)
@@ -276,15 +286,15 @@ async function serve(argv: string[], io: CliIO): Promise<number> {
   } catch (err) {
     await waymark.stop();
     // ioredis only says "Connection is closed."; say which service and why
-    const redisProblem = err instanceof ConfigError ? null : await checkRedis(config.redisUrl);
+    const redisProblem = err instanceof ConfigError ? null : await checkRedis(config);
     if (redisProblem) throw new Unreachable(`Redis is unreachable at ${redactUrl(config.redisUrl)}: ${redisProblem} (check WAYMARK_REDIS_URL)`);
     throw err;
   }
   return stopped;
 }
 
-async function checkRedis(url: string): Promise<string | null> {
-  const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 2_000 });
+async function checkRedis(target: RedisTarget): Promise<string | null> {
+  const redis = createRedis(target, 'dev check', { maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 2_000 });
   // connect() only says "Connection is closed."; the event carries ECONNREFUSED, ENOTFOUND, NOAUTH ...
   let cause: unknown;
   redis.on('error', (err: unknown) => { cause ??= err; });
@@ -315,7 +325,7 @@ async function dev(argv: string[], io: CliIO): Promise<number> {
     WAYMARK_ROUTER_TICKET: ticket,
   };
   const preliminary = loadConfig(env);
-  const problem = await checkRedis(preliminary.redisUrl);
+  const problem = await checkRedis(preliminary);
   if (problem) {
     io.stderr.write(`waymark dev: Redis is not reachable at ${preliminary.redisUrl} (${problem}); start one with 'redis-server --daemonize yes' or set WAYMARK_REDIS_URL\n`);
     return 1;
@@ -350,14 +360,14 @@ async function dev(argv: string[], io: CliIO): Promise<number> {
     cleanup.push(() => router.close());
     let apiUrl = io.env.WAYMARK_API_URL;
     if (!apiUrl) {
-      const bumperRedis = redisForEdits(preliminary.redisUrl, logger.child({ module: 'demo-api' }));
+      const bumperRedis = redisForEdits(preliminary, logger.child({ module: 'demo-api' }));
       const bumper = createBumper({ ...bumperOptions(preliminary), redis: bumperRedis });
       cleanup.push(async () => { await bumper.close(); bumperRedis.disconnect(); });
       let api;
       try {
         api = await demo.startDemoApi({
           port: apiPort,
-          bump: async (path) => { await bumpOrSay(bumper, bumperRedis, path); },
+          bump: async (target) => { await bumpOrSay(bumper, bumperRedis, preliminary, target); },
           page: { routerUrl: router.url, realm: preliminary.realm },
         });
       } catch (err) {
@@ -483,8 +493,8 @@ async function watch(argv: string[], io: CliIO): Promise<number> {
  * A Redis client for one short command: no reconnects and no offline queue, so an outage is one
  * clear error at once instead of ioredis' retries and "Unhandled error event" traces.
  */
-async function connectRedisOnce(url: string, timeoutMs = 3_000): Promise<Redis> {
-  const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: timeoutMs, enableOfflineQueue: false });
+async function connectRedisOnce(target: RedisTarget, timeoutMs = 3_000): Promise<RedisClient> {
+  const redis = createRedis(target, 'bump', { maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: timeoutMs, enableOfflineQueue: false });
   let cause: unknown;
   redis.on('error', (err: unknown) => { cause ??= err; });
   try {
@@ -494,7 +504,8 @@ async function connectRedisOnce(url: string, timeoutMs = 3_000): Promise<Redis> 
     redis.disconnect();
     // connect() only says "Connection is closed."; the event carries ECONNREFUSED, ENOTFOUND, NOAUTH ...
     const e = (cause ?? err) as NodeJS.ErrnoException;
-    throw new Unreachable(`Redis is unreachable at ${redactUrl(url)}: ${e.code ?? e.message} (check WAYMARK_REDIS_URL)`);
+    const setting = target.redisClusterNodes ? 'WAYMARK_REDIS_CLUSTER_NODES' : target.redisSentinels ? 'WAYMARK_REDIS_SENTINELS' : 'WAYMARK_REDIS_URL';
+    throw new Unreachable(`Redis is unreachable at ${describeRedis(target)}: ${e.code ?? e.message} (check ${setting})`);
   }
 }
 
@@ -503,16 +514,17 @@ async function connectRedisOnce(url: string, timeoutMs = 3_000): Promise<Redis> 
  * Redis is down fails its bump at once (no queue), and an outage is one warning when it starts
  * (ioredis would print an "Unhandled error event" trace for every attempt).
  */
-function redisForEdits(url: string, logger: Logger): Redis {
-  const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, enableOfflineQueue: false, retryStrategy: (n) => Math.min(100 * 2 ** n, 5_000) });
+function redisForEdits(target: RedisTarget, logger: Logger): RedisClient {
+  const url = describeRedis(target);
+  const redis = createRedis(target, 'demo-api bumps', { maxRetriesPerRequest: 0, enableOfflineQueue: false, retryStrategy: (n) => Math.min(100 * 2 ** n, 5_000) });
   let down = false;
   redis.on('error', (err: NodeJS.ErrnoException) => {
     if (down) return;
     down = true;
-    logger.warn('Redis is unreachable: edits are saved but not bumped until it is back', { url: redactUrl(url), error: err.code ?? err.message });
+    logger.warn('Redis is unreachable: edits are saved but not bumped until it is back', { url, error: err.code ?? err.message });
   });
   redis.on('ready', () => {
-    if (down) logger.info('Redis is back: edits are bumped again', { url: redactUrl(url) });
+    if (down) logger.info('Redis is back: edits are bumped again', { url });
     down = false;
   });
   redis.connect().catch(() => undefined);
@@ -520,28 +532,41 @@ function redisForEdits(url: string, logger: Logger): Redis {
 }
 
 /** One bump after an edit; while Redis is down, an error that says so (ioredis' says "Stream isn't writeable"). */
-async function bumpOrSay(bumper: ReturnType<typeof createBumper>, redis: Redis, path: string): Promise<void> {
-  if (redis.status !== 'ready') throw new Error(`Redis is unreachable at ${redactUrl(redis.options.host ? `redis://${redis.options.host}:${redis.options.port}` : 'redis')}`);
-  await bumper.bump(path);
+async function bumpOrSay(bumper: ReturnType<typeof createBumper>, redis: RedisClient, target: RedisTarget, what: Parameters<ReturnType<typeof createBumper>['bump']>[0]): Promise<void> {
+  if (redis.status !== 'ready') throw new Error(`Redis is unreachable at ${describeRedis(target)}`);
+  await bumper.bump(what);
 }
 
 /** A service the command needs is down: exit 1 (an outage, not a usage error). */
 class Unreachable extends Error {}
 
 async function bump(argv: string[], io: CliIO): Promise<number> {
-  const { values, positionals } = parse('bump', argv, { id: { type: 'string' } });
+  const { values, positionals } = parse('bump', argv, {
+    id: { type: 'string' }, prefix: { type: 'string', multiple: true }, tag: { type: 'string', multiple: true },
+  });
   if (values.help) { io.stdout.write(`${HELP.bump}\n`); return 0; }
-  if (positionals.length === 0) throw new UsageError('give one or more paths, e.g. waymark bump /users/1');
-  const bad = positionals.find((p) => !p.startsWith('/'));
-  if (bad !== undefined) throw new UsageError(`a path starts with /, got ${JSON.stringify(bad)}`);
+  const prefixes = (values.prefix as string[] | undefined) ?? [];
+  const tags = (values.tag as string[] | undefined) ?? [];
+  if (positionals.length + prefixes.length + tags.length === 0) throw new UsageError('give one or more paths, --prefix or --tag, e.g. waymark bump /users/1');
+  const slashless = [...positionals, ...prefixes].find((p) => !p.startsWith('/'));
+  if (slashless !== undefined) throw new UsageError(`a path starts with /, got ${JSON.stringify(slashless)}`);
+  // Checked here with Waymark's own grammar, so a typo is an error now rather than a bump Waymark drops.
+  const bad = [...positionals, ...prefixes].find((p) => { try { validatePath(p, DEFAULTS.maxPathBytes); return false; } catch { return true; } })
+    ?? tags.find((t) => !isValidTag(t));
+  if (bad !== undefined) throw new UsageError(`not a valid ${tags.includes(bad) ? 'tag' : 'path'}: ${JSON.stringify(bad)}`);
   const target = loadBumpTarget(io.env);
-  const redis = await connectRedisOnce(target.redisUrl);
+  const redis = await connectRedisOnce(target);
   const bumper = createBumper({ ...bumperOptions(target), redis });
   try {
-    const receivers = await bumper.bump(positionals, { id: values.id as string | undefined });
-    const what = `${positionals.length} path${positionals.length === 1 ? '' : 's'}`;
+    const receivers = await bumper.bump({ paths: positionals, prefixes, tags }, { id: values.id as string | undefined });
+    const what = [
+      [positionals.length, 'path', 'paths'], [prefixes.length, 'prefix', 'prefixes'], [tags.length, 'tag', 'tags'],
+    ].filter(([n]) => n).map(([n, one, many]) => `${n} ${n === 1 ? one : many}`).join(', ');
     if (target.bumpStream) {
       io.stderr.write(`waymark bump: added ${what} to stream ${target.bumpStream}; every Waymark instance reads it, and watchers get an Update only if the API's answer changed\n`);
+    } else if (target.redisClusterNodes) {
+      // A node counts only its own subscribers; the cluster bus carries the message to the others.
+      io.stderr.write(`waymark bump: published ${what} on ${target.bumpChannel} (Redis Cluster: every node relays it; ${receivers} subscriber${receivers === 1 ? '' : 's'} on the node that took it); watchers get an Update only if the API's answer changed\n`);
     } else if (receivers === 0) {
       io.stderr.write(`waymark bump: published ${what} on ${target.bumpChannel}, but no Waymark instance is subscribed to it: is 'waymark serve' running with this WAYMARK_REDIS_URL and WAYMARK_BUMP_CHANNEL?\n`);
     } else {
@@ -563,12 +588,12 @@ async function demoApi(argv: string[], io: CliIO): Promise<number> {
   const { startDemoApi } = await import('../dev/demo-api.js');
   const target = loadBumpTarget(io.env);
   const logger = createLogger({ level: 'info', format: 'json', stream: io.stderr });
-  const bumperRedis = redisForEdits(target.redisUrl, logger);
+  const bumperRedis = redisForEdits(target, logger);
   const bumper = createBumper({ ...bumperOptions(target), redis: bumperRedis });
   const api = await startDemoApi({
     host: (values.host as string | undefined) ?? '127.0.0.1',
     port,
-    bump: async (path) => { await bumpOrSay(bumper, bumperRedis, path); },
+    bump: async (what) => { await bumpOrSay(bumper, bumperRedis, target, what); },
     ...(routerUrl ? { page: { routerUrl, realm: io.env.WAYMARK_REALM || 'realm1' } } : {}),
   });
   logger.info('demo API listening', { url: api.url, ...(routerUrl ? { demoPage: `${api.url}/`, routerUrl } : {}) });
@@ -586,7 +611,7 @@ async function doctor(argv: string[], io: CliIO): Promise<number> {
   // the check lines are the whole output: autobahn's console chatter goes to a quiet logger
   routeAutobahnWarnings(createLogger({ level: 'warn', stream: io.stderr }));
   const { runDoctor, formatResult } = await import('./ops/doctor.js');
-  io.stdout.write(`waymark doctor ${VERSION}: ${devDefaults ? "WAYMARK_API_URL is not set, so checking the dev setup 'waymark dev' prints: " : ''}router ${redactUrl(config.routerUrl)} realm ${config.realm}, redis ${redactUrl(config.redisUrl)}, API ${config.apiUrl}\n`);
+  io.stdout.write(`waymark doctor ${VERSION}: ${devDefaults ? "WAYMARK_API_URL is not set, so checking the dev setup 'waymark dev' prints: " : ''}router ${redactUrl(config.routerUrl)} realm ${config.realm}, redis ${describeRedis(config)}, API ${config.apiUrl}\n`);
   if (listenMs) io.stdout.write(`(the bumps check watches Redis for ${listenMs} ms: change something in your app meanwhile)\n`);
   const results = await runDoctor(config, { timeoutMs, listenMs, onResult: (r) => io.stdout.write(`${formatResult(r)}\n`) });
   const failed = results.filter((r) => r.status === 'fail').map((r) => r.name);

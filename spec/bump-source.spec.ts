@@ -9,7 +9,7 @@ import { randomChannel, testEnv, waitFor } from './helpers/env.js';
 
 describe('bump messages', function () {
   it('parses a bare path', function () {
-    expect(parseBumpMessage('/users/1', 2048)).to.deep.equal({ ok: true, id: undefined, paths: ['/users/1'], dropped: 0 });
+    expect(parseBumpMessage('/users/1', 2048)).to.deep.equal({ ok: true, id: undefined, paths: ['/users/1'], prefixes: [], tags: [], dropped: 0 });
   });
   it('parses {"path", "id"} and {"paths", "id"}', function () {
     expect(parseBumpMessage('{"path":"/a","id":"b1"}', 2048)).to.deep.include({ ok: true, id: 'b1', paths: ['/a'] });
@@ -32,7 +32,7 @@ describe('bump messages', function () {
     expect(r.ok && r.dropped).to.equal(5);
   });
   it('recognises a probe {"probe": "<token>"} as no bump and no malformed message', function () {
-    expect(parseBumpMessage('{"probe":"abc:1"}', 2048)).to.deep.equal({ ok: true, probe: 'abc:1', paths: [], dropped: 0 });
+    expect(parseBumpMessage('{"probe":"abc:1"}', 2048)).to.deep.equal({ ok: true, probe: 'abc:1', paths: [], prefixes: [], tags: [], dropped: 0 });
     expect(parseBumpMessage('{"probe":7}', 2048).ok).to.equal(false);
     // a probe key beside a path is an ordinary bump
     expect(parseBumpMessage('{"probe":"x","path":"/a"}', 2048)).to.deep.include({ ok: true, paths: ['/a'] });

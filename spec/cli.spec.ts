@@ -141,6 +141,31 @@ describe('command line', function () {
     expect(p.stderr).to.match(/^waymark serve: WAYMARK_FETCH_TIMEOUT_MS: must be a whole number/);
   });
 
+  it('serve, bump and doctor exit 2 with one line naming the setting when cluster and sentinel are both set', async function () {
+    const env = cleanEnv({ WAYMARK_API_URL: 'http://127.0.0.1:1', WAYMARK_REDIS_CLUSTER_NODES: '127.0.0.1:7000', WAYMARK_REDIS_SENTINELS: '127.0.0.1:26379', WAYMARK_REDIS_SENTINEL_NAME: 'm' });
+    for (const args of [['serve'], ['bump', '/users/1'], ['doctor']]) {
+      const p = run(args, env);
+      expect(await p.exited, args[0]).to.equal(2);
+      expect(p.stderr.trim().split('\n')).to.have.length(1);
+      expect(p.stderr).to.match(new RegExp(`^waymark ${args[0]}: WAYMARK_REDIS_SENTINELS: cannot be used together with WAYMARK_REDIS_CLUSTER_NODES`));
+    }
+  });
+
+  it('bump exits 1 at once naming the cluster or the sentinels when none answers', async function () {
+    const port = await freePort();
+    for (const [env, message] of [
+      [{ WAYMARK_REDIS_CLUSTER_NODES: `127.0.0.1:${port}` }, `Redis is unreachable at cluster via 127.0.0.1:${port}: .* \\(check WAYMARK_REDIS_CLUSTER_NODES\\)`],
+      [{ WAYMARK_REDIS_SENTINELS: `127.0.0.1:${port}`, WAYMARK_REDIS_SENTINEL_NAME: 'm' }, `Redis is unreachable at sentinel master set m via 127.0.0.1:${port}: .* \\(check WAYMARK_REDIS_SENTINELS\\)`],
+    ] as Array<[Record<string, string>, string]>) {
+      const t0 = Date.now();
+      const p = run(['bump', '/users/1'], cleanEnv(env));
+      expect(await p.exited, p.stderr).to.equal(1);
+      expect(p.stderr.trim().split('\n')).to.have.length(1);
+      expect(p.stderr).to.match(new RegExp(`^waymark bump: ${message}`));
+      expect(Date.now() - t0).to.be.below(5_000);
+    }
+  });
+
   it('serve exits 2 naming WAYMARK_ADMIN_PORT when that port is taken', async function () {
     const blocker: Server = createServer();
     await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));

@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { ConfigError } from '../lib/protocol/errors.js';
-import { DEFAULTS, loadConfig } from '../lib/protocol/config.js';
+import { DEFAULTS, loadBumpTarget, loadConfig } from '../lib/protocol/config.js';
 
 function configError(env: Record<string, string>): ConfigError {
   try {
@@ -84,6 +84,43 @@ describe('config', function () {
     const off = configError({ WAYMARK_API_URL: 'http://api:8000', WAYMARK_BUMP_SECRET: secret, WAYMARK_ADMIN_PORT: '0' });
     expect(off.setting).to.equal('WAYMARK_BUMP_SECRET');
     expect(off.message).to.include('WAYMARK_ADMIN_PORT is 0').and.not.include(secret);
+  });
+  describe('Redis Cluster and Sentinel (contract section 13)', function () {
+    const api = { WAYMARK_API_URL: 'http://api:8000' };
+    it('reads cluster seed nodes and sentinels with their master set name; the URL keeps the credentials', function () {
+      const c = loadConfig({ ...api, WAYMARK_REDIS_URL: 'rediss://user:pw@ignored:1', WAYMARK_REDIS_CLUSTER_NODES: ' 10.0.0.1:7000, redis-b:7001,[::1]:7002 ' });
+      expect(c.redisUrl).to.equal('rediss://user:pw@ignored:1');
+      expect([c.redisSentinels, c.redisSentinelName]).to.deep.equal([undefined, undefined]);
+      expect(c.redisClusterNodes).to.deep.equal(['10.0.0.1:7000', 'redis-b:7001', '[::1]:7002']);
+      const s = loadConfig({ ...api, WAYMARK_REDIS_SENTINELS: 's1:26379,s2:26379', WAYMARK_REDIS_SENTINEL_NAME: 'mymaster' });
+      expect([s.redisClusterNodes, s.redisSentinelName]).to.deep.equal([undefined, 'mymaster']);
+      expect(s.redisSentinels).to.deep.equal(['s1:26379', 's2:26379']);
+      const single = loadConfig(api);
+      expect([single.redisClusterNodes, single.redisSentinels]).to.deep.equal([undefined, undefined]);
+      // waymark bump and demo-api read the same settings
+      expect(loadBumpTarget({ WAYMARK_REDIS_CLUSTER_NODES: '127.0.0.1:7000' }).redisClusterNodes).to.deep.equal(['127.0.0.1:7000']);
+    });
+    const wrong: Array<[string, Record<string, string>, RegExp]> = [
+      ['WAYMARK_REDIS_SENTINELS', { WAYMARK_REDIS_CLUSTER_NODES: 'a:7000', WAYMARK_REDIS_SENTINELS: 's:26379', WAYMARK_REDIS_SENTINEL_NAME: 'm' }, /not both/],
+      ['WAYMARK_REDIS_CLUSTER_NODES', { WAYMARK_REDIS_CLUSTER_NODES: 'a:7000,b' }, /host:port.*"b"/],
+      ['WAYMARK_REDIS_CLUSTER_NODES', { WAYMARK_REDIS_CLUSTER_NODES: 'a:70000' }, /host:port/],
+      ['WAYMARK_REDIS_CLUSTER_NODES', { WAYMARK_REDIS_CLUSTER_NODES: 'redis://a:7000' }, /host:port/],
+      ['WAYMARK_REDIS_CLUSTER_NODES', { WAYMARK_REDIS_CLUSTER_NODES: 'a:7000,,b:7000' }, /host:port/],
+      ['WAYMARK_REDIS_SENTINELS', { WAYMARK_REDIS_SENTINELS: 's 1:26379', WAYMARK_REDIS_SENTINEL_NAME: 'm' }, /host:port/],
+      ['WAYMARK_REDIS_SENTINEL_NAME', { WAYMARK_REDIS_SENTINELS: 's:26379' }, /is required/],
+      ['WAYMARK_REDIS_SENTINEL_NAME', { WAYMARK_REDIS_SENTINEL_NAME: 'mymaster' }, /only used with WAYMARK_REDIS_SENTINELS/],
+      ['WAYMARK_REDIS_SENTINEL_NAME', { WAYMARK_REDIS_SENTINELS: 's:26379', WAYMARK_REDIS_SENTINEL_NAME: 'my master' }, /letters/],
+      ['WAYMARK_REDIS_URL', { WAYMARK_REDIS_CLUSTER_NODES: 'a:7000', WAYMARK_REDIS_URL: 'redis://a:6379/3' }, /only database 0/],
+      ['WAYMARK_REDIS_URL', { WAYMARK_REDIS_CLUSTER_NODES: 'a:7000', WAYMARK_REDIS_URL: 'http://a:6379' }, /redis:\/\//],
+    ];
+    for (const [setting, env, message] of wrong) {
+      it(`names ${setting} for ${JSON.stringify(env)}, in serve and in bump`, function () {
+        const err = configError({ ...api, ...env });
+        expect(err.setting).to.equal(setting);
+        expect(err.message).to.match(message).and.not.include('\n');
+        expect(() => loadBumpTarget(env)).to.throw(ConfigError).with.property('setting', setting);
+      });
+    }
   });
   it('reports every problem in one line', function () {
     const err = configError({ WAYMARK_LOG_LEVEL: 'loud', WAYMARK_FETCH_CONCURRENCY: 'x' });

@@ -66,17 +66,26 @@ describe('dispatcher', function () {
   };
   beforeEach(() => make());
 
-  it('fetches every watch on exactly the bumped path with its own credentials and publishes to its owner', async function () {
+  it('fetches every watch on exactly the bumped path and query with its own credentials and publishes to its owner', async function () {
     registry.upsert(1, '/a', { authorization: 'Bearer one' });
     registry.upsert(2, '/a', { authorization: 'Bearer two' });
+    // A bump with a query reaches that query only (contract 11.1); /a/b is another path.
     registry.upsert(3, '/a?x=1', { authorization: 'Bearer three' });
-    const b = bump('/a');
+    registry.upsert(4, '/a/b', { authorization: 'Bearer four' });
+    registry.upsert(5, '/a?y=1', { authorization: 'Bearer one' });
+    registry.upsert(1, '/a?y=1', { authorization: 'Bearer one' });
+    const b = bump('/a?y=1');
     await dispatcher.dispatch(b);
-    expect(fetcher.requests.map((r) => [r.path, r.headers.authorization, r.reason])).to.have.deep.members([
-      ['/a', 'Bearer one', b.id], ['/a', 'Bearer two', b.id],
-    ]);
-    expect(publisher.published.map((p) => [p.session, p.update.body])).to.have.deep.members([[1, 'v1:Bearer one'], [2, 'v1:Bearer two']]);
+    expect(fetcher.requests.map((r) => [r.path, r.headers.authorization, r.reason])).to.deep.equal([['/a?y=1', 'Bearer one', b.id]]);
+    expect(publisher.published.map((p) => [p.session, p.update.body])).to.have.deep.members([[5, 'v1:Bearer one'], [1, 'v1:Bearer one']]);
     expect(publisher.published[0].update.bump).to.deep.equal({ id: b.id, at: b.at });
+    // Without a query: every query of the path, each group with its own credentials, not /a/b.
+    fetcher.requests.length = 0;
+    const all = bump('/a');
+    await dispatcher.dispatch(all);
+    expect(fetcher.requests.map((r) => [r.path, r.headers.authorization, r.reason])).to.have.deep.members([
+      ['/a', 'Bearer one', all.id], ['/a', 'Bearer two', all.id], ['/a?x=1', 'Bearer three', all.id], ['/a?y=1', 'Bearer one', all.id],
+    ]);
   });
 
   it('publishes nothing when status and body equal what the session last received', async function () {

@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import { createWaymark, type Waymark } from '../lib/wamp/component.js';
 import { loadConfig } from '../lib/protocol/config.js';
-import { RedisWatchIndex } from '../lib/cluster/watch-index.js';
+import { RedisWatchIndex, sessionKeys } from '../lib/cluster/watch-index.js';
 import { connectWaymark, type ClientUpdate, type WaymarkClient } from '../lib/client/client.js';
 import { authorize } from '../lib/wamp/authorizer.js';
 import {
@@ -78,7 +78,7 @@ describe('several instances', function () {
     const perInstance = instances.map((h) => h.waymark.registry.size);
     expect(perInstance.every((n) => n > 0), `owners spread over instances: ${perInstance.join('/')}`).to.equal(true);
     for (const [i, c] of clients.entries()) {
-      expect(await redis.hlen(`${channel}:watches:${c.id}`), 'shared index entries').to.equal(2);
+      expect(await redis.hlen(sessionKeys(channel, c.id).watches), 'shared index entries').to.equal(2);
       expect(ownerOf(watchId(c.id, `/items/${i % 4}`))).not.to.equal(undefined);
     }
     // let the refetches of moved watches land before counting bump Updates
@@ -124,7 +124,7 @@ describe('several instances', function () {
     console.log(`      unwatches served by a non-owner: ${onOthers} of ${paths.length}`);
     expect(onOthers).to.be.greaterThan(0);
     await waitFor('every owner dropped its watch', () => totalWatches() === 0);
-    expect(await redis.exists(`${channel}:watches:${c.id}`)).to.equal(0);
+    expect(await redis.exists(sessionKeys(channel, c.id).watches)).to.equal(0);
     for (const p of paths) expect(await c.call(PROC_UNWATCH, [watchId(c.id, p)]), 'unknown ids').to.deep.equal({ removed: 0 });
     expect(await c.call(PROC_UNWATCH, ['/u/0']), 'unknown path').to.deep.equal({ removed: 0 });
     const n = c.updates.length;
@@ -152,7 +152,7 @@ describe('several instances', function () {
     await waitFor('A to give the watch up', () => a.registry.get(id) === undefined);
     await sleep(100);
     expect(b.registry.get(id), 'B, the latest, keeps it').not.to.equal(undefined);
-    expect(await redis.hget(`${channel}:watches:${c.id}`, id)).to.equal(b.instance);
+    expect(await redis.hget(sessionKeys(channel, c.id).watches, id)).to.equal(b.instance);
   });
 
   it('refresh on any instance resumes watches a 401 suspended on every owner', async function () {
@@ -219,10 +219,10 @@ describe('several instances', function () {
     await c.call(PROC_WATCH, ['/leave/2', { token: 't' }]);
     const id = c.id;
     expect(instances.map((h) => h.waymark.registry.forSession(id).length)).to.deep.equal([1, 1]);
-    expect(await redis.exists(`${channel}:watches:${id}`, `${channel}:rate:${id}`)).to.equal(2);
+    expect(await redis.exists(sessionKeys(channel, id).watches, sessionKeys(channel, id).rate)).to.equal(2);
     await c.close();
     await waitFor('watches gone everywhere', () => totalWatches() === 0);
-    await waitFor('shared entries gone', async () => (await redis.exists(`${channel}:watches:${id}`, `${channel}:rate:${id}`)) === 0);
+    await waitFor('shared entries gone', async () => (await redis.exists(sessionKeys(channel, id).watches, sessionKeys(channel, id).rate)) === 0);
   });
 
   it('forgets a recorded instance whose WAMP session is gone', async function () {
@@ -331,7 +331,7 @@ describe('several instances', function () {
       const ownersOf = async () => {
         const owners: string[] = [];
         for (const w of ws) {
-          const all = await redis.hgetall(`${channel}:watches:${(w.client as unknown as { session: { id: number } }).session.id}`);
+          const all = await redis.hgetall(sessionKeys(channel, (w.client as unknown as { session: { id: number } }).session.id).watches);
           owners.push(...Object.values(all));
         }
         return owners;

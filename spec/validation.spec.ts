@@ -105,7 +105,7 @@ describe('watch arguments', function () {
   });
   it('lets kwargs win over the positional options', function () {
     const r = parseWatchArgs(['/a', { token: 'positional', snapshot: true }], { token: 'kw' }, limits);
-    expect(r).to.deep.equal({ path: '/a', headers: { authorization: 'Bearer kw' }, snapshot: true });
+    expect(r).to.deep.equal({ path: '/a', headers: { authorization: 'Bearer kw' }, snapshot: true, revalidateMs: 0 });
   });
   it('accepts the path in kwargs', function () {
     expect(parseWatchArgs([], { path: '/k' }, limits).path).to.equal('/k');

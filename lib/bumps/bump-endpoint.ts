@@ -1,10 +1,9 @@
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { MAX_BUMP_MESSAGE_BYTES, parseBumpMessage } from './bump-source.js';
-import { Redis } from 'ioredis';
-import { createBumper, type Bumper, type BumperOptions } from './bumper.js';
+import { createBumper, createBumperRedis, type Bumper, type BumperOptions } from './bumper.js';
 import { withDeadline } from '../support/deadline.js';
-import { DEFAULTS } from '../protocol/config.js';
+import type { RedisClient } from '../support/redis.js';
 import type { Logger } from '../support/logger.js';
 import { RateLimitedLog } from '../support/rate-limited-log.js';
 
@@ -28,14 +27,19 @@ export interface BumpEndpointOptions {
 /** The body of a 202: what was bumped, under which id (the X-Waymark header the API will see). */
 export interface BumpAccepted {
   paths: string[];
+  /** present when the bump named prefixes (contract 11.2) */
+  prefixes?: string[];
+  /** present when the bump named tags (contract 11.3) */
+  tags?: string[];
   id: string;
 }
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
 
 /**
- * `POST /bump` on the admin port, for backends that cannot reach Redis: the same three message
- * forms as the bump channel (a bare path, `{"path", "id"?}`, `{"paths": [...], "id"?}`), as JSON
+ * `POST /bump` on the admin port, for backends that cannot reach Redis: the same message forms
+ * as the bump channel (a bare path, `{"path", "id"?}`, `{"paths"?, "prefixes"?, "tags"?, "id"?,
+ * "traceparent"?}`), as JSON
  * or text, behind `Authorization: Bearer <WAYMARK_BUMP_SECRET>`. Accepted bumps are published on
  * the bump channel through the bumper, exactly as a backend's PUBLISH would be.
  *
@@ -46,7 +50,7 @@ export class BumpEndpoint {
   private readonly expected: Buffer;
   private readonly warnings: RateLimitedLog;
   private readonly publishTimeoutMs: number;
-  private redis?: Redis;
+  private redis?: RedisClient;
   private bumper?: Bumper;
   private closing?: Promise<void>;
 
@@ -129,9 +133,8 @@ export class BumpEndpoint {
 
   private publisher(): Bumper {
     if (!this.bumper) {
-      const { redisUrl } = this.opts.bumper;
       // Our own connection, so its errors are logged (rate-limited) instead of printed by ioredis.
-      this.redis = new Redis(redisUrl ?? DEFAULTS.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 });
+      this.redis = createBumperRedis(this.opts.bumper);
       this.redis.on('error', (err: Error) => this.warnings.warn('bump-redis-error', 'POST /bump: redis connection error', { error: err.message }));
       this.bumper = createBumper({ ...this.opts.bumper, redis: this.redis });
     }
@@ -147,18 +150,28 @@ export class BumpEndpoint {
     if (!parsed.ok || parsed.dropped > 0) {
       const reason = parsed.ok ? `${parsed.dropped} path(s) refused, nothing was bumped: ${'invalid' in parsed ? parsed.invalid : ''}` : parsed.reason;
       this.warnings.warn('bump-bad-request', 'POST /bump refused: bad body', { reason, bytes: Buffer.byteLength(body) });
-      this.answer(res, 400, { error: reason, expected: 'a path such as /users/1, {"path": "/users/1", "id"?: "..."} or {"paths": ["/users/1", "/teams/4"], "id"?: "..."}' });
+      this.answer(res, 400, {
+        error: reason,
+        expected: 'a path such as /users/1, {"path": "/users/1", "id"?: "..."} or {"paths"?: ["/users/1"], "prefixes"?: ["/projects/7"], "tags"?: ["user:1"], "id"?: "...", "traceparent"?: "00-..."}',
+      });
       return;
     }
-    const accepted: BumpAccepted = { paths: parsed.paths, id: parsed.id ?? randomUUID() };
+    const accepted: BumpAccepted = {
+      paths: parsed.paths,
+      ...(parsed.prefixes.length ? { prefixes: parsed.prefixes } : {}),
+      ...(parsed.tags.length ? { tags: parsed.tags } : {}),
+      id: parsed.id ?? randomUUID(),
+    };
+    const targets = { paths: accepted.paths, prefixes: parsed.prefixes, tags: parsed.tags };
+    const options = { id: accepted.id, ...(parsed.traceparent ? { traceparent: parsed.traceparent } : {}) };
     try {
-      await withDeadline(this.publisher().bump(accepted.paths, { id: accepted.id }), this.publishTimeoutMs, `no answer from Redis within ${this.publishTimeoutMs} ms`);
+      await withDeadline(this.publisher().bump(targets, options), this.publishTimeoutMs, `no answer from Redis within ${this.publishTimeoutMs} ms`);
     } catch (err) {
       this.warnings.warn('bump-publish-failed', 'POST /bump could not publish', { error: (err as Error).message });
       this.answer(res, 503, { error: 'could not publish the bump to Redis; try again' }, { 'retry-after': '1' });
       return;
     }
-    this.opts.logger.info('bump accepted over HTTP', { bump: accepted.id, paths: accepted.paths.length });
+    this.opts.logger.info('bump accepted over HTTP', { bump: accepted.id, paths: accepted.paths.length, prefixes: parsed.prefixes.length, tags: parsed.tags.length });
     this.answer(res, 202, accepted);
   }
 }

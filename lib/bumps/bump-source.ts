@@ -1,10 +1,12 @@
 import { randomUUID } from 'node:crypto';
-import { Redis } from 'ioredis';
+import { ReplyError, type Redis } from 'ioredis';
 import { waitAtMost } from '../support/deadline.js';
+import { createNodeRedis, createRedis, redisMode, type RedisClient } from '../support/redis.js';
 import type { Logger } from '../support/logger.js';
 import { RateLimitedLog } from '../support/rate-limited-log.js';
+import type { RedisTarget } from '../protocol/config.js';
 import type { Bump } from '../protocol/types.js';
-import { validatePath } from '../protocol/validation.js';
+import { isValidTag, MAX_TAG_LENGTH, parseTraceparent, validatePath } from '../protocol/validation.js';
 
 export interface BumpSource {
   /** Resolves once bumps flow; `onBump` is called for every well-formed bump. */
@@ -16,24 +18,33 @@ export const MAX_BUMP_MESSAGE_BYTES = 64 * 1024;
 export const MAX_PATHS_PER_BUMP = 1_000;
 const MAX_ID_LENGTH = 200;
 
-/** `invalid`: why the first dropped path was refused, for callers that answer the sender (POST /bump). */
+/**
+ * What one bump names. `invalid`: why the first dropped entry was refused, for callers that
+ * answer the sender (POST /bump).
+ */
 export type ParsedBump =
-  | { ok: true; id?: string; paths: string[]; dropped: number; invalid?: string; probe?: undefined }
+  | { ok: true; id?: string; paths: string[]; prefixes: string[]; tags: string[]; traceparent?: string; dropped: number; invalid?: string; probe?: undefined }
   /** `{"probe": "<token>"}`: Waymark's own liveness probe, never a bump (it carries no paths) */
-  | { ok: true; probe: string; paths: []; dropped: 0; id?: undefined }
+  | { ok: true; probe: string; paths: []; prefixes: []; tags: []; dropped: 0; id?: undefined; traceparent?: undefined }
   | { ok: false; reason: string };
 
+const LISTS = ['paths', 'prefixes', 'tags'] as const;
+
 /**
- * The three message forms of contract section 4: a bare path, `{"path", "id"?}` or
- * `{"paths": [...], "id"?}`. Paths that fail the watch grammar are dropped (they can match no
- * watch anyway) and counted, so a hostile bump can never make Waymark fetch them.
+ * The message forms of contract sections 4 and 11: a bare path, `{"path", "id"?}` or
+ * `{"paths"?, "prefixes"?, "tags"?, "id"?, "traceparent"?}` (at least one of the three lists).
+ * Paths and prefixes that fail the watch grammar, and tags that fail the tag grammar, are
+ * dropped (they can match no watch anyway) and counted, so a hostile bump can never make
+ * Waymark fetch them; the cap of MAX_PATHS_PER_BUMP entries counts all three lists together.
+ * An invalid traceparent is ignored: the bump still counts (contract 11.6).
  */
 export function parseBumpMessage(message: unknown, maxPathBytes: number): ParsedBump {
   if (typeof message !== 'string') return { ok: false, reason: 'message is not a string' };
   if (Buffer.byteLength(message) > MAX_BUMP_MESSAGE_BYTES) return { ok: false, reason: `message is over ${MAX_BUMP_MESSAGE_BYTES} bytes` };
   const text = message.trim();
   let id: string | undefined;
-  let candidates: unknown[];
+  let traceparent: string | undefined;
+  const candidates: Record<(typeof LISTS)[number], unknown[]> = { paths: [], prefixes: [], tags: [] };
   if (text.startsWith('{')) {
     let parsed: unknown;
     try {
@@ -47,7 +58,7 @@ export function parseBumpMessage(message: unknown, maxPathBytes: number): Parsed
       if (typeof obj.probe !== 'string' || obj.probe.length === 0 || obj.probe.length > MAX_ID_LENGTH) {
         return { ok: false, reason: 'probe must be a non-empty string' };
       }
-      return { ok: true, probe: obj.probe, paths: [], dropped: 0 };
+      return { ok: true, probe: obj.probe, paths: [], prefixes: [], tags: [], dropped: 0 };
     }
     if (obj.id !== undefined) {
       if (typeof obj.id !== 'string' || obj.id.length === 0 || obj.id.length > MAX_ID_LENGTH || /[\x00-\x1f\x7f]/.test(obj.id)) {
@@ -55,36 +66,60 @@ export function parseBumpMessage(message: unknown, maxPathBytes: number): Parsed
       }
       id = obj.id;
     }
-    if (typeof obj.path === 'string' && obj.paths === undefined) candidates = [obj.path];
-    else if (Array.isArray(obj.paths) && obj.path === undefined) candidates = obj.paths;
-    else return { ok: false, reason: 'JSON message needs a string "path" or an array "paths"' };
+    traceparent = parseTraceparent(obj.traceparent);
+    const needs = 'JSON message needs a string "path" or an array "paths", "prefixes" or "tags" ("path" and "paths" not both)';
+    if (obj.path !== undefined) {
+      if (typeof obj.path !== 'string' || obj.paths !== undefined) return { ok: false, reason: needs };
+      candidates.paths = [obj.path];
+    }
+    for (const list of LISTS) {
+      const v = obj[list];
+      if (v === undefined) continue;
+      if (!Array.isArray(v)) return { ok: false, reason: `"${list}" must be an array` };
+      candidates[list] = v;
+    }
+    if (obj.path === undefined && LISTS.every((l) => obj[l] === undefined)) {
+      return { ok: false, reason: needs };
+    }
   } else if (text.startsWith('/')) {
-    candidates = [text];
+    candidates.paths = [text];
   } else {
     return { ok: false, reason: 'message is neither a path nor a JSON object' };
   }
-  const paths = new Set<string>();
+  const out = { paths: new Set<string>(), prefixes: new Set<string>(), tags: new Set<string>() };
+  let entries = 0;
   let dropped = 0;
   let invalid: string | undefined;
-  for (const c of candidates) {
-    if (paths.size >= MAX_PATHS_PER_BUMP) {
-      dropped += 1;
-      invalid ??= `more than ${MAX_PATHS_PER_BUMP} paths in one bump`;
-      continue;
-    }
-    try {
-      paths.add(validatePath(c, maxPathBytes));
-    } catch (err) {
-      dropped += 1;
-      invalid ??= (err as Error).message;
+  for (const list of LISTS) {
+    for (const c of candidates[list]) {
+      if (entries >= MAX_PATHS_PER_BUMP) {
+        dropped += 1;
+        invalid ??= `more than ${MAX_PATHS_PER_BUMP} paths, prefixes and tags in one bump`;
+        continue;
+      }
+      try {
+        if (list === 'tags') {
+          if (!isValidTag(c)) throw new Error(`tag ${JSON.stringify(c).slice(0, 80)} is not 1-${MAX_TAG_LENGTH} visible ASCII characters without comma`);
+          out.tags.add(c);
+        } else {
+          out[list].add(validatePath(c, maxPathBytes));
+        }
+        entries += 1;
+      } catch (err) {
+        dropped += 1;
+        invalid ??= `${list === 'prefixes' ? 'prefix: ' : ''}${(err as Error).message}`;
+      }
     }
   }
-  if (paths.size === 0) return { ok: false, reason: `no valid path in message${invalid ? ` (${invalid})` : ''}` };
-  return { ok: true, id, paths: [...paths], dropped, ...(invalid ? { invalid } : {}) };
+  if (entries === 0) return { ok: false, reason: `no valid path, prefix or tag in message${invalid ? ` (${invalid})` : ''}` };
+  return {
+    ok: true, id, paths: [...out.paths], prefixes: [...out.prefixes], tags: [...out.tags], dropped,
+    ...(traceparent ? { traceparent } : {}), ...(invalid ? { invalid } : {}),
+  };
 }
 
-export interface RedisBumpSourceOptions {
-  redisUrl: string;
+/** Redis in any mode of contract section 13 (`redisUrl`, or cluster nodes, or sentinels). */
+export interface RedisBumpSourceOptions extends RedisTarget {
   channel: string;
   maxPathBytes: number;
   logger: Logger;
@@ -121,6 +156,11 @@ const CURSOR_TTL_SECONDS = 7 * 24 * 3600;
 /** Entries one XREAD returns at most: a backlog after an outage is read in slices. */
 const STREAM_BATCH = 1_000;
 
+/** A reply about the command itself (WRONGTYPE, say), not about reaching the node that owns the key. */
+function isCommandError(err: unknown): boolean {
+  return err instanceof ReplyError && !/^(CLUSTERDOWN|TRYAGAIN|MOVED|ASK|READONLY|MASTERDOWN|LOADING)\b/.test((err as Error).message);
+}
+
 /** Compare two stream ids (`<ms>-<seq>`) numerically. */
 export function compareStreamIds(a: string, b: string): number {
   const [am, as = '0'] = a.split('-');
@@ -145,7 +185,7 @@ abstract class RedisSource implements BumpSource {
   protected everUp = false;
   private watchdog?: NodeJS.Timeout;
   /** the primary connection (subscriber, stream reader) is the one whose state is `up` */
-  private readonly connections: Array<{ redis: Redis; role: string; since: number; primary: boolean }> = [];
+  private readonly connections: Array<{ redis: RedisClient; role: string; since: number; primary: boolean }> = [];
   private stopping?: Promise<void>;
   /** names this source's connections in CLIENT LIST: `waymark-<role>-<uid>` */
   protected readonly uid = randomUUID().slice(0, 8);
@@ -160,11 +200,15 @@ abstract class RedisSource implements BumpSource {
   protected abstract tick(now: number): void;
   protected abstract close(): Promise<void>;
 
-  /** A connection that reconnects forever with capped backoff and never queues commands offline. */
-  protected connection(role: string, primary: boolean): Redis {
+  /**
+   * A connection that reconnects forever with capped backoff and never queues commands offline.
+   * `oneNode`: a single connection even on a cluster (a subscriber), else a cluster client there.
+   */
+  protected connection(role: string, primary: boolean, oneNode: true): Redis;
+  protected connection(role: string, primary: boolean, oneNode?: false): RedisClient;
+  protected connection(role: string, primary: boolean, oneNode = false): RedisClient {
     const cap = this.base.reconnectMaxMs ?? 5_000;
-    const redis = new Redis(this.base.redisUrl, {
-      lazyConnect: true,
+    const redis = (oneNode ? createNodeRedis : createRedis)(this.base, role, {
       connectionName: `waymark-${role.replace(/ /g, '-')}-${this.uid}`,
       // Commands fail at once while disconnected, and in-flight ones fail on close instead of
       // being resent: the owner decides what to do again after a reconnect.
@@ -238,9 +282,14 @@ abstract class RedisSource implements BumpSource {
       return;
     }
     if (parsed.dropped > 0) {
-      this.warnings.warn('bump-paths-dropped', 'dropped invalid or excess paths from a bump', { dropped: parsed.dropped });
+      this.warnings.warn('bump-paths-dropped', 'dropped invalid or excess paths, prefixes or tags from a bump', { dropped: parsed.dropped });
     }
-    onBump({ id: parsed.id ?? randomUUID(), paths: parsed.paths, at });
+    onBump({
+      id: parsed.id ?? randomUUID(), paths: parsed.paths, at,
+      ...(parsed.prefixes.length ? { prefixes: parsed.prefixes } : {}),
+      ...(parsed.tags.length ? { tags: parsed.tags } : {}),
+      ...(parsed.traceparent ? { traceparent: parsed.traceparent } : {}),
+    });
   }
 
   /** Force a reconnect of every connection (the owner's state follows from their events). */
@@ -283,7 +332,7 @@ abstract class RedisSource implements BumpSource {
  */
 export class RedisBumpSource extends RedisSource {
   private sub?: Redis;
-  private pub?: Redis;
+  private pub?: RedisClient;
   /** bumped on every close, so a subscribe answered for an old connection is ignored */
   private generation = 0;
   private probe?: { token: string; sentAt: number };
@@ -296,7 +345,7 @@ export class RedisBumpSource extends RedisSource {
   async start(onBump: (bump: Bump) => void): Promise<void> {
     if (this.sub) return;
     const { channel } = this.opts;
-    const sub = this.connection('subscriber', true);
+    const sub = this.connection('subscriber', true, true);
     this.sub = sub;
     let first: Promise<boolean> | undefined;
     sub.on('ready', () => { first ??= this.subscribe(sub); if (this.everUp) void this.subscribe(sub); });
@@ -374,15 +423,18 @@ export class RedisBumpSource extends RedisSource {
  * nor fails within block + probeMs means a silent connection: it is forced to reconnect.
  */
 export class RedisStreamBumpSource extends RedisSource {
-  private reader?: Redis;
+  private reader?: RedisClient;
   private cursor = '0-0';
   private loop?: Promise<void>;
   private wake?: () => void;
   private readonly key: string;
+  /** cluster or sentinel: a reconnect may follow a failover */
+  private readonly highlyAvailable: boolean;
 
   constructor(private readonly opts: RedisStreamBumpSourceOptions) {
     super(opts);
     this.key = streamCursorKey(opts.stream, opts.reader);
+    this.highlyAvailable = redisMode(opts) !== 'single';
   }
 
   /** The last stream id handled. */
@@ -423,7 +475,7 @@ export class RedisStreamBumpSource extends RedisSource {
     this.loop = this.read(reader, onBump);
   }
 
-  private async read(reader: Redis, onBump: (bump: Bump) => void): Promise<void> {
+  private async read(reader: RedisClient, onBump: (bump: Bump) => void): Promise<void> {
     const { stream } = this.opts;
     while (!this.stopped) {
       if (reader.status !== 'ready') {
@@ -437,6 +489,9 @@ export class RedisStreamBumpSource extends RedisSource {
           const trimmed = await this.catchUp(reader);
           this.setUp(true, { stream, from: this.cursor });
           if (trimmed) this.resync('trimmed');
+          // Replication is asynchronous: entries the old master acknowledged but never passed on
+          // are gone after a failover, and nothing in the stream says so.
+          else if (this.highlyAvailable) this.resync('reconnected; a failover may have lost unreplicated entries');
         }
         const reply = await this.xread(reader);
         if (!reply) continue;
@@ -456,7 +511,12 @@ export class RedisStreamBumpSource extends RedisSource {
         await this.deadline(reader, 'SET', reader.set(this.key, this.cursor, 'EX', CURSOR_TTL_SECONDS));
       } catch (err) {
         if (this.stopped) break;
-        if (reader.status === 'ready') {
+        if (this.highlyAvailable && reader.status === 'ready' && !isCommandError(err)) {
+          // A cluster client stays 'ready' while one of its nodes fails over: its failed reads
+          // are the outage.
+          this.setUp(false, { stream, error: (err as Error).message });
+          await new Promise((r) => setTimeout(r, 100));
+        } else if (reader.status === 'ready') {
           // Not a connection problem (a wrong key type, say): do not spin on it.
           this.warnings.warn('stream-read', 'reading the bump stream failed', { error: (err as Error).message });
           await new Promise((r) => setTimeout(r, 1_000));
@@ -466,12 +526,12 @@ export class RedisStreamBumpSource extends RedisSource {
   }
 
   /** A command that must not hang on a silent connection: past the deadline, reconnect. */
-  private deadline<T>(reader: Redis, what: string, p: Promise<T>): Promise<T> {
+  private deadline<T>(reader: RedisClient, what: string, p: Promise<T>): Promise<T> {
     if (this.probeMs <= 0) return p;
     return this.guard(reader, 2 * this.probeMs, 'redis command not answered; reconnecting', { command: what }, p);
   }
 
-  private xread(reader: Redis): Promise<Array<[string, Array<[string, string[]]>]> | null> {
+  private xread(reader: RedisClient): Promise<Array<[string, Array<[string, string[]]>]> | null> {
     const block = this.blockMs;
     const read = reader.xread('COUNT', STREAM_BATCH, 'BLOCK', block, 'STREAMS', this.opts.stream, this.cursor) as
       Promise<Array<[string, Array<[string, string[]]>]> | null>;
@@ -480,7 +540,7 @@ export class RedisStreamBumpSource extends RedisSource {
   }
 
   /** `p`, but past `ms` the connection is taken for silent: warn and reconnect, which fails `p`. */
-  private async guard<T>(reader: Redis, ms: number, message: string, meta: Record<string, unknown>, p: Promise<T>): Promise<T> {
+  private async guard<T>(reader: RedisClient, ms: number, message: string, meta: Record<string, unknown>, p: Promise<T>): Promise<T> {
     const timer = setTimeout(() => {
       this.logger.warn(message, { ...meta, waitedMs: ms });
       reader.disconnect(true);
@@ -493,7 +553,7 @@ export class RedisStreamBumpSource extends RedisSource {
   }
 
   /** `XINFO STREAM`, or undefined when the stream does not exist (yet). */
-  private async streamInfo(reader: Redis): Promise<{ lastGenerated: string; maxDeleted?: string; first?: string; deleted?: number } | undefined> {
+  private async streamInfo(reader: RedisClient): Promise<{ lastGenerated: string; maxDeleted?: string; first?: string; deleted?: number } | undefined> {
     let raw: unknown[];
     try {
       raw = await this.deadline(reader, 'XINFO', reader.call('XINFO', 'STREAM', this.opts.stream)) as unknown[];
@@ -519,7 +579,7 @@ export class RedisStreamBumpSource extends RedisSource {
    * refetch that follows covers everything up to now, so the cursor moves to the stream's end
    * (and is saved): a later restart does not refetch again for the same gap.
    */
-  private async catchUp(reader: Redis): Promise<boolean> {
+  private async catchUp(reader: RedisClient): Promise<boolean> {
     const info = await this.streamInfo(reader);
     if (!this.trimmedPastCursor(info)) return false;
     if (info && compareStreamIds(info.lastGenerated, this.cursor) > 0) {

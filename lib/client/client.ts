@@ -15,6 +15,8 @@ export interface WatchOptions {
   token?: string;
   headers?: Record<string, string>;
   snapshot?: boolean;
+  /** re-ask the API every this many ms even without a bump (0: off; at least the server's minimum, 5000 by default) */
+  revalidateMs?: number;
 }
 
 /**
@@ -74,8 +76,8 @@ interface Handle {
   options: WatchOptions;
   callback: (update: ClientUpdate) => void;
   id?: string;
-  /** fetchedAt of the newest Update handed to the callback */
-  newest: number;
+  /** Updates of this watch handed to the callback so far: a call result's snapshot checks it */
+  received: number;
   active: boolean;
   /** the session on which Waymark accepted this watch; another one (or none) means: watch again */
   on?: autobahn.Session;
@@ -96,9 +98,10 @@ interface Join {
   /** failed attempts in a row, for the back-off */
   failures: number;
   timer?: ReturnType<typeof setTimeout>;
+  /** when the timer fires, on the monotonic clock (performance.now(), ms): a wall-clock step must not reorder attempts */
   due: number;
   running: boolean;
-  /** the earliest moment an attempt was asked for while one was running */
+  /** the earliest moment (performance.now(), ms) an attempt was asked for while one was running */
   asked?: number;
   /** why the watches are being established again, for the `resync` event */
   reasons: Set<string>;
@@ -113,6 +116,15 @@ const LOST = Symbol('session lost');
 const REQUEST_ERRORS: readonly string[] = [
   ERROR_URIS.invalid_argument, ERROR_URIS.invalid_path, ERROR_URIS.header_not_allowed, ERROR_URIS.too_many_watches,
 ];
+
+/**
+ * Updates kept for watch ids not known yet (a `waymark.watch` call in flight: a watch's Updates
+ * can come before the call's result that tells its id): at most this many ids (above Waymark's
+ * default of 100 watches per session; the oldest id goes first) and, per id, the latest this
+ * many Updates. The latest is always kept, so a snapshot never overrides a newer Update.
+ */
+const MAX_UNCLAIMED_WATCHES = 256;
+const MAX_UNCLAIMED_PER_WATCH = 16;
 
 /** Back-off of a refused step: 0.3 s growing by 1.5 per failure up to maxRetryDelay, then 50-100% of it at random. */
 const RETRY_INITIAL_MS = 300;
@@ -144,8 +156,9 @@ function errorText(err: unknown): string {
 
 /**
  * Keeps every watch alive across reconnects (a new session id means new watches), router
- * restarts and Waymark restarts (announced on `waymark.announce`), hands each callback only its
- * own watch's Updates, and drops Updates older than the newest one it has seen.
+ * restarts and Waymark restarts (announced on `waymark.announce`), and hands each callback only its
+ * own watch's Updates, in the order received; a call result's snapshot never overrides an Update
+ * received after the call was made (see onUpdate and establish).
  *
  * Joining a session takes three steps: subscribe to the own topic, subscribe to the
  * announcements, (re-)watch. Each may be refused for a while: on Crossbar every action of the
@@ -159,8 +172,16 @@ function errorText(err: unknown): string {
  */
 export class WaymarkClient {
   private readonly handles = new Set<Handle>();
-  private readonly byId = new Map<string, Handle>();
+  /**
+   * Handles by watch id. Watching one path twice on one connection gives one watch on the
+   * server (the id depends on session and path, contract section 2), so an id may serve several.
+   */
+  private readonly byId = new Map<string, Set<Handle>>();
   private readonly listeners = new Map<string, Set<Listener<never>>>();
+  /** `waymark.watch` calls in flight on the current session */
+  private calling = 0;
+  /** Updates received for watch ids no handle knows yet, while a call is in flight; by id, oldest first */
+  private unclaimed = new Map<string, Update[]>();
   private session?: autobahn.Session;
   private join?: Join;
   private opened?: Promise<void>;
@@ -249,6 +270,8 @@ export class WaymarkClient {
     this.endJoin();
     this.session = undefined;
     this.byId.clear();
+    this.calling = 0;
+    this.unclaimed.clear();
     for (const h of this.handles) {
       h.on = undefined;
       // Updates published from now on go to a topic nobody hears: catch up on the next session.
@@ -287,7 +310,7 @@ export class WaymarkClient {
   /** Run the join's next attempt in `delayMs`, unless one is running or due sooner. */
   private schedule(j: Join, delayMs: number): void {
     if (this.join !== j) return;
-    const due = Date.now() + delayMs;
+    const due = performance.now() + delayMs;
     if (j.running) {
       j.asked = Math.min(j.asked ?? Infinity, due);
       return;
@@ -348,7 +371,7 @@ export class WaymarkClient {
     if (this.join !== j) return; // the session was lost meanwhile: the next session's join takes over
     if (failure) {
       // an announcement during the attempt (Waymark registered meanwhile) shortens the wait
-      const retryInMs = Math.min(this.backoffMs(j.failures), asked === undefined ? Infinity : Math.max(0, Math.round(asked - Date.now())));
+      const retryInMs = Math.min(this.backoffMs(j.failures), asked === undefined ? Infinity : Math.max(0, Math.round(asked - performance.now())));
       j.failures += 1;
       if (this._state === 'open') this.setState('reconnecting');
       this.emit('error', new WaymarkClientError(
@@ -384,7 +407,14 @@ export class WaymarkClient {
   private forget(h: Handle): void {
     h.active = false;
     this.handles.delete(h);
-    if (h.id && this.byId.get(h.id) === h) this.byId.delete(h.id);
+    if (h.id) this.unbind(h, h.id);
+  }
+
+  private unbind(h: Handle, id: string): void {
+    const set = this.byId.get(id);
+    if (!set) return;
+    set.delete(h);
+    if (set.size === 0) this.byId.delete(id);
   }
 
   private onAnnounce(j: Join, event: unknown): void {
@@ -402,12 +432,51 @@ export class WaymarkClient {
     }
   }
 
+  /**
+   * One Update from the own session topic. Pushed Updates are handed over in the order received,
+   * never compared by `fetchedAt`: that is the wall clock of whichever instance fetched, which
+   * steps (NTP, a resumed VM) and differs between instances, so comparing it dropped good
+   * Updates for as long as a step or a skew lasted. The order of receipt is sound because:
+   * - WAMP delivers the events of one publisher on one topic in the order published (WAMP spec,
+   *   "Ordering Guarantees"), and a watch has one owner instance at a time (contract section 7);
+   *   each bump's refetch starts after the bump, so the last Update received follows the last
+   *   change bumped;
+   * - a watch moves when its old owner left (a `resync` is announced only after the router saw it
+   *   leave, so nothing it published can come after the new owner's Updates) or when a re-watch
+   *   reached another instance: the new owner publishes its claim before its first Update (its
+   *   catch-up refetch), and the old owner drops the watch when the claim reaches it. An old
+   *   owner's Update could come after the new owner's only if it was published before the claim
+   *   reached the old owner yet after the new owner's whole refetch, i.e. a fetch faster than one
+   *   router hop. (`fetchedAt` never guarded that case either: it is taken when a fetch ends,
+   *   not when it starts, and on another clock.)
+   * The one race left is a call result's snapshot against the Updates received while the call
+   * was in flight: see establish.
+   */
   private onUpdate(update: Update): void {
     if (!update || typeof update.watch !== 'string') return;
-    const h = this.byId.get(update.watch);
-    if (!h || !h.active || h.path !== update.path) return;
-    if (update.fetchedAt < h.newest) return;
-    h.newest = update.fetchedAt;
+    const handles = this.byId.get(update.watch);
+    if (!handles) {
+      // The result telling this id may still be on its way (Waymark registers a watch before it
+      // fetches the snapshot, and a bump meanwhile publishes to it): kept until that result.
+      if (this.calling > 0) {
+        let kept = this.unclaimed.get(update.watch);
+        if (!kept) {
+          if (this.unclaimed.size >= MAX_UNCLAIMED_WATCHES) this.unclaimed.delete(this.unclaimed.keys().next().value as string);
+          this.unclaimed.set(update.watch, (kept = []));
+        }
+        kept.push(update);
+        if (kept.length > MAX_UNCLAIMED_PER_WATCH) kept.shift();
+      }
+      return;
+    }
+    for (const h of [...handles]) this.deliver(h, update);
+  }
+
+  private deliver(h: Handle, update: Update): void {
+    if (!h.active || h.path !== update.path) return;
+    h.received += 1;
+    // 410 Gone: Waymark removed the watch; it is not re-watched after a reconnect either.
+    if (update.ended) this.forget(h);
     h.callback(withJson(update));
   }
 
@@ -417,22 +486,44 @@ export class WaymarkClient {
     const options = catchUp ? { ...h.options, snapshot: true } : h.options;
     // Taken now: an announcement during the call makes it stale again.
     h.stale = false;
+    const receivedBefore = h.received;
     let result: WatchResult;
+    this.calling += 1;
     try {
       result = await s.call<WatchResult>(PROC_WATCH, [h.path, options]);
     } catch (err) {
       h.stale = true;
+      if (this.session === s) this.calling -= 1;
+      if (this.calling === 0) this.unclaimed.clear();
       throw err;
     }
-    if (!h.active || this.session !== s) return;
-    if (h.id && h.id !== result.watch && this.byId.get(h.id) === h) this.byId.delete(h.id);
+    if (this.session !== s) return;
+    this.calling -= 1;
+    const early = this.claim(result.watch);
+    if (!h.active) return;
+    if (h.id && h.id !== result.watch) this.unbind(h, h.id);
     h.id = result.watch;
     h.on = s;
     // Updates carry the path in Waymark's RFC 3986 normal form (`%c3%a9` -> `%C3%A9`, `%7E` -> `~`)
     if (typeof result.path === 'string') h.path = result.path;
-    this.byId.set(result.watch, h);
+    let bound = this.byId.get(result.watch);
+    if (!bound) this.byId.set(result.watch, (bound = new Set()));
+    bound.add(h);
     if (catchUp) h.catchUp = false;
-    if (result.snapshot) this.onUpdate(result.snapshot);
+    for (const u of early) this.deliver(h, u);
+    // A snapshot is fetched while the call runs, so an Update received since the call was made
+    // may be newer than it (its bump came after the snapshot's fetch began) and never older than
+    // the last change bumped before: the Update wins, and the snapshot, which nothing would
+    // correct, is not handed over. No clock is compared.
+    if (result.snapshot && h.received === receivedBefore) this.deliver(h, result.snapshot);
+  }
+
+  /** Take the Updates kept for `id` (received before the result naming it), in the order received. */
+  private claim(id: string): Update[] {
+    const mine = this.unclaimed.get(id) ?? [];
+    this.unclaimed.delete(id);
+    if (this.calling === 0) this.unclaimed.clear();
+    return mine;
   }
 
   /**
@@ -444,7 +535,7 @@ export class WaymarkClient {
    */
   async watch(path: string, options: WatchOptions, callback: (update: ClientUpdate) => void): Promise<ClientWatch> {
     await this.open();
-    const h: Handle = { path, options: { ...options }, callback, newest: 0, active: true, stale: false, catchUp: false };
+    const h: Handle = { path, options: { ...options }, callback, received: 0, active: true, stale: false, catchUp: false };
     this.handles.add(h);
     const j = this.join;
     if (j && this._state === 'open' && !j.running) {
@@ -475,7 +566,8 @@ export class WaymarkClient {
         if (!h.active) return;
         this.forget(h);
         const j = this.join;
-        if (j && h.id) await Promise.race([j.session.call(PROC_UNWATCH, [h.id]), j.lost]);
+        // another handle on the same path shares the server's watch: it ends with the last one
+        if (j && h.id && !this.byId.has(h.id)) await Promise.race([j.session.call(PROC_UNWATCH, [h.id]), j.lost]);
       },
     };
   }

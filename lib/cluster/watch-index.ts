@@ -1,5 +1,7 @@
-import { Redis } from 'ioredis';
+import { Cluster } from 'ioredis';
+import type { RedisTarget } from '../protocol/config.js';
 import type { SessionId } from '../protocol/types.js';
+import { createRedis, type RedisClient } from '../support/redis.js';
 
 /**
  * What several instances share about watches: for each session, which watch ids exist and which
@@ -89,8 +91,31 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return ok
 `;
 
-export interface RedisWatchIndexOptions {
-  redisUrl: string;
+/**
+ * The keys of one session. The session in braces is their hash tag: on Redis Cluster both live
+ * in one slot (a command or script that touches them together must not span slots, CROSSSLOT),
+ * and sessions spread over the cluster. Whatever braces the prefix holds, the two keys agree up
+ * to the session, so they share the tag either way.
+ */
+export function sessionKeys(prefix: string, session: SessionId): { watches: string; rate: string } {
+  return { watches: `${prefix}:{${session}}:watches`, rate: `${prefix}:{${session}}:rate` };
+}
+
+/** Instance -> WAMP session id of every instance of the service. */
+export function instancesKey(prefix: string): string {
+  return `${prefix}:instances`;
+}
+
+/** The keys each script (and the one multi-key DEL) touches, for the spec that checks they share a slot. */
+export const KEYS_TOUCHED_TOGETHER = {
+  claim: (prefix: string, session: SessionId) => [sessionKeys(prefix, session).watches],
+  forget: (prefix: string) => [instancesKey(prefix)],
+  take: (prefix: string, session: SessionId) => [sessionKeys(prefix, session).rate],
+  /** dropSession: one DEL of both */
+  drop: (prefix: string, session: SessionId) => [sessionKeys(prefix, session).watches, sessionKeys(prefix, session).rate],
+} as const;
+
+export interface RedisWatchIndexOptions extends RedisTarget {
   /** key prefix: instances sharing it are one service */
   prefix: string;
   /** seconds a session's entries live without a touch (owners touch them every third of it) */
@@ -98,15 +123,15 @@ export interface RedisWatchIndexOptions {
   onError?: (err: Error) => void;
 }
 
-type ClaimingRedis = Redis & {
+type ClaimingRedis = RedisClient & {
   waymarkClaim(key: string, id: string, owner: string, max: number, ttl: number): Promise<string | number>;
   waymarkForget(key: string, instance: string, wampSession: string): Promise<number>;
   waymarkTake(key: string, perSecond: number, burst: number): Promise<number>;
 };
 
 /**
- * The index in Redis: hash `<prefix>:watches:<session>` (watch id -> owner instance) with a TTL,
- * hash `<prefix>:rate:<session>` (the shared token bucket) and hash `<prefix>:instances`
+ * The index in Redis: hash `<prefix>:{<session>}:watches` (watch id -> owner instance) with a TTL,
+ * hash `<prefix>:{<session>}:rate` (the shared token bucket) and hash `<prefix>:instances`
  * (instance -> WAMP session id). Its own connection, without an
  * offline queue: while Redis is away every call fails at once and the caller falls back to what
  * it knows locally, instead of hanging a `waymark.watch`.
@@ -118,8 +143,7 @@ export class RedisWatchIndex implements WatchIndex {
 
   constructor(private readonly opts: RedisWatchIndexOptions) {
     this.ttlSeconds = opts.ttlSeconds ?? 86_400;
-    this.redis = new Redis(opts.redisUrl, {
-      lazyConnect: true,
+    this.redis = createRedis(opts, 'index', {
       enableOfflineQueue: false,
       // many watch calls arrive together: one write per event-loop tick for all their scripts
       enableAutoPipelining: true,
@@ -136,15 +160,15 @@ export class RedisWatchIndex implements WatchIndex {
   }
 
   private key(session: SessionId): string {
-    return `${this.opts.prefix}:watches:${session}`;
+    return sessionKeys(this.opts.prefix, session).watches;
   }
 
   private rateKey(session: SessionId): string {
-    return `${this.opts.prefix}:rate:${session}`;
+    return sessionKeys(this.opts.prefix, session).rate;
   }
 
   private get instancesKey(): string {
-    return `${this.opts.prefix}:instances`;
+    return instancesKey(this.opts.prefix);
   }
 
   async start(): Promise<void> {
@@ -164,14 +188,10 @@ export class RedisWatchIndex implements WatchIndex {
   async owners(sessions: SessionId[]): Promise<Map<SessionId, Record<string, string>>> {
     const out = new Map<SessionId, Record<string, string>>();
     if (sessions.length === 0) return out;
-    const p = this.redis.pipeline();
-    for (const s of sessions) p.hgetall(this.key(s));
-    const replies = (await p.exec()) ?? [];
-    sessions.forEach((s, i) => {
-      const [err, value] = replies[i] ?? [new Error('no reply'), null];
-      if (err) throw err;
-      out.set(s, (value ?? {}) as Record<string, string>);
-    });
+    // Separate commands, which auto-pipelining sends in one write per node: an explicit pipeline
+    // must stay on one node of a cluster, and these sessions' keys are spread over all of them.
+    const all = await Promise.all(sessions.map((s) => this.redis.hgetall(this.key(s))));
+    sessions.forEach((s, i) => out.set(s, all[i]));
     return out;
   }
 
@@ -193,9 +213,7 @@ export class RedisWatchIndex implements WatchIndex {
 
   async touch(sessions: SessionId[]): Promise<void> {
     if (sessions.length === 0) return;
-    const p = this.redis.pipeline();
-    for (const s of sessions) p.expire(this.key(s), this.ttlSeconds);
-    await p.exec();
+    await Promise.all(sessions.map((s) => this.redis.expire(this.key(s), this.ttlSeconds)));
   }
 
   async setInstance(instance: string, wampSession: number): Promise<void> {
@@ -216,9 +234,9 @@ export class RedisWatchIndex implements WatchIndex {
     if (this.closing || this.redis.status !== 'ready') return;
     // disconnect() only half-closes the socket; a stopped peer never finishes the close, so
     // ioredis would stay "ready" on it. Destroying the socket makes it reconnect now.
-    const socket = this.redis.stream;
+    const sockets = this.redis instanceof Cluster ? this.redis.nodes().map((n) => n.stream) : [this.redis.stream];
     this.redis.disconnect(true);
-    socket?.destroy();
+    for (const socket of sockets) socket?.destroy();
   }
 
   close(): Promise<void> {

@@ -24,7 +24,14 @@ export interface DispatcherOptions {
   retryBaseMs?: number;
   /** the longest delay between two retries of one group. @default 30000 */
   retryMaxMs?: number;
+  /** a 410 ended these watches (contract 11.5): their Update was published, remove them */
+  onEnded?: (watches: Watch[]) => void;
 }
+
+/** X-Waymark of a revalidation (contract 11.4). */
+export const REVALIDATE = 'revalidate';
+/** 410 Gone ends a watch (contract 11.5); 404 does not: the resource may come to exist. */
+const GONE = 410;
 
 /** What made a group fetch: a bump, or a catch-up after new credentials (`bump: null`). */
 interface Trigger {
@@ -94,6 +101,7 @@ function toUpdate(watch: Watch, r: FetchResult, bump: Bump | null): Update {
     bump: bump ? { id: bump.id, at: bump.at } : null, fetchedAt: r.fetchedAt,
   };
   if (r.error) u.error = r.error;
+  if (r.status === GONE) u.ended = true;
   return u;
 }
 
@@ -186,12 +194,10 @@ export class Dispatcher {
   dispatch(bump: Bump): Promise<void> {
     const trigger = { reason: bump.id, bump };
     let groups = 0;
-    for (const path of bump.paths) {
-      for (const [credKey, watches] of this.opts.registry.groupsOn(path)) {
-        if (![...watches].some((w) => !w.suspended)) continue;
-        this.schedule(path, credKey, trigger);
-        groups += 1;
-      }
+    for (const [path, credKey, watches] of this.opts.registry.match(bump)) {
+      if (![...watches].some((w) => !w.suspended)) continue;
+      this.schedule(path, credKey, trigger);
+      groups += 1;
     }
     if (groups === 0) this.opts.logger.debug('bump matched no watch', { bump: bump.id, paths: bump.paths.length });
     return this.settled();
@@ -201,6 +207,19 @@ export class Dispatcher {
   refetch(watch: Watch, reason: string): Promise<void> {
     this.schedule(watch.path, watch.credKey, { reason, bump: null });
     return this.settled();
+  }
+
+  /**
+   * A revalidation turn of one group (contract 11.4): a conditional refetch with
+   * `X-Waymark: revalidate` that publishes only what changed. Skipped while the group is
+   * already queued, fetching or waiting for a retry: that fetch answers the same question.
+   */
+  revalidate(path: string, credKey: string): void {
+    const state = this.groups.get(groupKey(path, credKey))?.state;
+    if (this.closed || (state !== undefined && state !== 'idle')) return;
+    const watches = this.opts.registry.group(path, credKey);
+    if (!watches || ![...watches].some((w) => !w.suspended)) return;
+    this.schedule(path, credKey, { reason: REVALIDATE, bump: null });
   }
 
   /** Refetch every group once (after an outage); publishes only what changed. */
@@ -267,9 +286,14 @@ export class Dispatcher {
     }
     watch.lastSent = { status: result.status, bodyHash: bodyHash(result) };
     if (CREDENTIALS_REJECTED.has(result.status)) watch.suspended = true;
+    this.noteTags(watch.path, watch.credKey, result);
     // Only for a watch still there: the session may have left while the snapshot was fetched.
-    if (this.opts.registry.group(watch.path, watch.credKey)?.has(watch)) {
+    if (result.status !== GONE && this.opts.registry.group(watch.path, watch.credKey)?.has(watch)) {
       const g = this.groupOf(watch.path, watch.credKey);
+      // The group's next refetch (bump or revalidation) can be conditional on what the snapshot got
+      // (not with pushUnchanged: a 304 is published as the held 200, which only a fetch holds).
+      const usable = result.status === 200 && !this.opts.pushUnchanged ? usableValidators(result.validators) : undefined;
+      if (usable) g.validators = { ...usable, status: 200, bodyHash: watch.lastSent.bodyHash };
       // A failed snapshot is retried like a failed bump, and refetched with the failed groups once the API answers again.
       if (noResponse(result)) this.failed.add(g.key);
       else this.failed.delete(g.key);
@@ -281,6 +305,7 @@ export class Dispatcher {
         this.groups.delete(g.key);
       }
     }
+    if (result.status === GONE) this.opts.onEnded?.([watch]);
     return toUpdate(watch, result, null);
   }
 
@@ -497,7 +522,7 @@ export class Dispatcher {
     idle.resolve();
   }
 
-  private async fetch(path: string, headers: Watch['headers'], reason: string, validators?: Validators): Promise<FetchResult> {
+  private async fetch(path: string, headers: Watch['headers'], reason: string, validators?: Validators, traceparent?: string): Promise<FetchResult> {
     let ok = this.sendable.get(headers);
     if (ok === undefined) this.sendable.set(headers, (ok = sendable(headers)));
     if (!ok) {
@@ -509,7 +534,7 @@ export class Dispatcher {
       };
     }
     const started = process.hrtime.bigint();
-    const result = await this.opts.fetcher.fetch({ path, headers, reason, ...(validators ? { validators } : {}) });
+    const result = await this.opts.fetcher.fetch({ path, headers, reason, ...(validators ? { validators } : {}), ...(traceparent ? { traceparent } : {}) });
     this.opts.metrics.fetchSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
     this.opts.metrics.fetches.inc({ class: Metrics.statusClass(result.status) });
     return result;
@@ -531,21 +556,26 @@ export class Dispatcher {
       // watcher that joined since needs the body, and a 304 would not carry it.
       const v = g.validators;
       const revalidate = v && watches.every((w) => w.lastSent?.bodyHash === v.bodyHash && w.lastSent.status === v.status);
-      const result = await this.fetch(g.path, watches[0].headers, trigger.reason, revalidate ? v : undefined);
+      const result = await this.fetch(g.path, watches[0].headers, trigger.reason, revalidate ? v : undefined, trigger.bump?.traceparent);
+      this.noteTags(g.path, g.credKey, result);
+      const revalidation = trigger.reason === REVALIDATE;
       if (noResponse(result)) this.failed.add(g.key);
       else this.failed.delete(g.key);
       retryIn = this.afterResult(g, result);
       if (result.status === 304 && revalidate) {
         const fresh = usableValidators(result.validators);
         if (fresh) g.validators = { ...fresh, status: 200, bodyHash: v.bodyHash };
-        if (this.opts.pushUnchanged && g.held) await this.deliver(g, this.freshen(g.held, result), trigger, v.bodyHash, g.failures > 1);
+        // A revalidation publishes only news, whatever WAYMARK_PUSH_UNCHANGED says (contract 11.4).
+        if (this.opts.pushUnchanged && g.held && !revalidation) await this.deliver(g, this.freshen(g.held, result), trigger, v.bodyHash, g.failures > 1);
         else this.opts.metrics.unchangedSkipped.inc(watches.length);
+        if (revalidation) this.opts.metrics.revalidations.inc({ result: 'not_modified' });
       } else {
         const hash = bodyHash(result);
         const usable = result.status === 200 ? usableValidators(result.validators) : undefined;
         g.validators = usable ? { ...usable, status: 200, bodyHash: hash } : undefined;
         g.held = usable && this.opts.pushUnchanged ? { headers: result.headers, body: result.body, encoding: result.encoding } : undefined;
-        await this.deliver(g, result, trigger, hash, g.failures > 1);
+        const published = await this.deliver(g, result, trigger, hash, g.failures > 1);
+        if (revalidation) this.opts.metrics.revalidations.inc({ result: shouldRetry(result) ? 'failed' : published > 0 ? 'changed' : 'unchanged' });
       }
     }
     if (this.closed) g.next = null; // a bump that came while fetching: too late now
@@ -576,8 +606,21 @@ export class Dispatcher {
     return { status: 200, headers, body: held.body, encoding: held.encoding, fetchedAt: r.fetchedAt };
   }
 
-  /** Publish one result to every watch of the group, as it is now (not when the fetch began). */
-  private async deliver(g: Group, result: FetchResult, trigger: Trigger, hash: string, retrying = false): Promise<void> {
+  /**
+   * The group's tags follow its latest response (contract 11.3): any status sets them, a 304
+   * keeps them, no response (status 0) keeps them. Only for a group that still has watches.
+   */
+  private noteTags(path: string, credKey: string, result: FetchResult): void {
+    if (result.tagsDropped) this.opts.metrics.tagsDropped.inc(result.tagsDropped);
+    if (result.tags === undefined || result.status === 0 || result.status === 304) return;
+    if (this.opts.registry.group(path, credKey)) this.opts.registry.tags.set(path, credKey, result.tags);
+  }
+
+  /**
+   * Publish one result to every watch of the group, as it is now (not when the fetch began).
+   * Returns how many Updates it sent.
+   */
+  private async deliver(g: Group, result: FetchResult, trigger: Trigger, hash: string, retrying = false): Promise<number> {
     const { metrics, logger, publisher, pushUnchanged } = this.opts;
     const watches = this.liveWatches(g);
     if (watches.length > 1) metrics.deduplicated.inc(watches.length - 1);
@@ -591,7 +634,10 @@ export class Dispatcher {
         watch.suspended = true;
         logger.info('watch suspended: credentials rejected', { watch: watch.id, session: watch.session, status: result.status });
       }
-      if (!pushUnchanged && watch.lastSent && watch.lastSent.status === result.status && watch.lastSent.bodyHash === hash) {
+      // A revalidation publishes only news, whatever WAYMARK_PUSH_UNCHANGED says (contract 11.4);
+      // a 410 is the watch's last word and always goes out.
+      if ((!pushUnchanged || trigger.reason === REVALIDATE) && result.status !== GONE
+        && watch.lastSent && watch.lastSent.status === result.status && watch.lastSent.bodyHash === hash) {
         metrics.unchangedSkipped.inc();
         continue;
       }
@@ -606,5 +652,7 @@ export class Dispatcher {
       }));
     }
     await Promise.all(publishes);
+    if (result.status === GONE && watches.length > 0) this.opts.onEnded?.(watches);
+    return publishes.length;
   }
 }

@@ -2,7 +2,7 @@ import type { Socket } from 'node:net';
 import { buildConnector, Client, errors as undiciErrors, Pool, type Dispatcher } from 'undici';
 import { NEVER_FORWARDED_RESPONSE_HEADERS } from '../protocol/config.js';
 import type { FetchErrorCode, FetchRequest, FetchResult, Validators } from '../protocol/types.js';
-import { resolveApiUrl } from '../protocol/validation.js';
+import { parseTags, resolveApiUrl } from '../protocol/validation.js';
 import { USER_AGENT } from '../protocol/version.js';
 import { ACCEPT_ENCODING, CodingError, decodeCodings, encodeBody, mimeInfo, parseCodings } from './response-body.js';
 
@@ -19,6 +19,10 @@ export interface UndiciFetcherOptions {
   maxBodyBytes: number;
   timeoutMs: number;
   connections: number;
+  /** lower-case response headers that carry tags (contract 11.3); none: tags off */
+  tagHeaders?: readonly string[];
+  /** tags kept per response. @default 64 */
+  maxTags?: number;
 }
 
 /**
@@ -201,6 +205,7 @@ export class UndiciFetcher implements Fetcher {
     const v = req.validators;
     if (v?.etag) reqHeaders['if-none-match'] = v.etag;
     if (v?.lastModified) reqHeaders['if-modified-since'] = v.lastModified;
+    if (req.traceparent) reqHeaders.traceparent = req.traceparent;
     const options: Dispatcher.RequestOptions = { method: 'GET', path: this.requestPath(req.path), headers: reqHeaders, ...(signal ? { signal } : {}) };
     let res: Dispatcher.ResponseData;
     try {
@@ -274,6 +279,7 @@ export class UndiciFetcher implements Fetcher {
       result.validators = validators;
     }
     if (retryAfterMs !== undefined) result.retryAfterMs = retryAfterMs;
+    Object.assign(result, this.tags(raw));
     return result;
   }
 
@@ -307,6 +313,20 @@ export class UndiciFetcher implements Fetcher {
       body.on('end', () => resolve(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size)));
       body.on('error', reject);
     });
+  }
+
+  /** The response's tags from the tag headers, for every status (contract 11.3). */
+  private tags(headers: Record<string, string | string[] | undefined>): Pick<FetchResult, 'tags' | 'tagsDropped'> {
+    const names = this.opts.tagHeaders;
+    if (!names || names.length === 0) return {};
+    const values: string[] = [];
+    for (const n of names) {
+      const v = headers[n];
+      if (v !== undefined) values.push(...(Array.isArray(v) ? v : [v]));
+    }
+    if (values.length === 0) return { tags: [] };
+    const { tags, dropped } = parseTags(values, this.opts.maxTags ?? 64);
+    return dropped > 0 ? { tags, tagsDropped: dropped } : { tags };
   }
 
   /** The request target under the API base path; memoised because watched paths repeat. */

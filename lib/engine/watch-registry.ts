@@ -1,6 +1,8 @@
 import { createHash } from 'node:crypto';
 import { WaymarkError } from '../protocol/errors.js';
-import type { ForwardHeaders, SessionId } from '../protocol/types.js';
+import type { Bump, ForwardHeaders, SessionId } from '../protocol/types.js';
+import { matchBump, PathIndex } from './match-index.js';
+import { TagIndex } from './tag-index.js';
 
 export interface Watch {
   readonly id: string;
@@ -15,6 +17,14 @@ export interface Watch {
   lastSent?: { status: number; bodyHash: string };
   /** set by a 401/403: no fetch with dead credentials until new ones arrive */
   suspended?: boolean;
+  /** re-ask the API every this many ms; absent: only bumps refetch it (contract 11.4) */
+  readonly revalidateMs?: number;
+}
+
+/** Told when a watch joins or leaves its (path, credentials) group (the revalidator). */
+export interface GroupObserver {
+  joined(watch: Watch): void;
+  left(watch: Watch): void;
 }
 
 export interface UpsertResult {
@@ -54,6 +64,11 @@ export class WatchRegistry {
   private readonly bySession = new Map<SessionId, Set<Watch>>();
   private readonly byPathIndex = new Map<string, PathEntry>();
   private readonly credentials = new Map<string, { headers: ForwardHeaders; refs: number }>();
+  /** watched paths by segment, for bumps of every query and of prefixes (contract 11.1, 11.2) */
+  readonly paths = new PathIndex();
+  /** tags of each group's latest response (contract 11.3); groups leave with their last watch */
+  readonly tags = new TagIndex();
+  private readonly observers: GroupObserver[] = [];
   private readonly groupGoneListeners: Array<(path: string, credKey: string) => void> = [];
 
   constructor(private readonly maxPerSession: number) {}
@@ -61,6 +76,15 @@ export class WatchRegistry {
   /** Call `fn` whenever the last watch of a (path, credentials) group goes (unwatch, leave, new credentials). */
   onGroupGone(fn: (path: string, credKey: string) => void): void {
     this.groupGoneListeners.push(fn);
+  }
+
+  observe(observer: GroupObserver): void {
+    this.observers.push(observer);
+  }
+
+  /** Every (path, credentials) group a bump reaches, each once (its paths, prefixes and tags). */
+  match(bump: Pick<Bump, 'paths' | 'prefixes' | 'tags'>): Generator<[path: string, credKey: string, watches: Set<Watch>]> {
+    return matchBump(bump, this.paths, this.tags, (path) => this.byPathIndex.get(path)?.byCred);
   }
 
   get size(): number {
@@ -80,10 +104,16 @@ export class WatchRegistry {
     return this.byId.get(id);
   }
 
-  upsert(session: SessionId, path: string, headers: ForwardHeaders): UpsertResult {
+  upsert(session: SessionId, path: string, headers: ForwardHeaders, revalidateMs = 0): UpsertResult {
     const id = watchId(session, path);
     const existing = this.byId.get(id);
     if (existing) {
+      if ((existing.revalidateMs ?? 0) !== revalidateMs) {
+        // The group stays; its observers see the watch leave with the old period and join with the new.
+        for (const o of this.observers) o.left(existing);
+        (existing as { revalidateMs?: number }).revalidateMs = revalidateMs;
+        for (const o of this.observers) o.joined(existing);
+      }
       const credentialsChanged = existing.credKey !== credentialsKey(headers);
       const resumed = credentialsChanged && this.replaceCredentials(existing, headers);
       return { watch: existing, created: false, credentialsChanged, resumed };
@@ -95,6 +125,8 @@ export class WatchRegistry {
     const entry = this.entryFor(path);
     const cred = this.internCredentials(headers);
     const watch: Watch = { id, session, path: entry.path, headers: cred.headers, credKey: cred.key };
+    // Only when asked: a watch without it keeps the smaller shape (bench e, heap per watch).
+    if (revalidateMs > 0) (watch as { revalidateMs?: number }).revalidateMs = revalidateMs;
     this.byId.set(id, watch);
     let set = this.bySession.get(session);
     if (!set) this.bySession.set(session, (set = new Set()));
@@ -186,7 +218,10 @@ export class WatchRegistry {
 
   private entryFor(path: string): PathEntry {
     let entry = this.byPathIndex.get(path);
-    if (!entry) this.byPathIndex.set(path, (entry = { path, byCred: new Map() }));
+    if (!entry) {
+      this.byPathIndex.set(path, (entry = { path, byCred: new Map() }));
+      this.paths.add(path);
+    }
     return entry;
   }
 
@@ -207,17 +242,22 @@ export class WatchRegistry {
     let set = entry.byCred.get(w.credKey);
     if (!set) entry.byCred.set(w.credKey, (set = new Set()));
     set.add(w);
+    for (const o of this.observers) o.joined(w);
   }
 
   private removeFromGroup(entry: PathEntry, w: Watch): void {
     const set = entry.byCred.get(w.credKey);
-    if (!set) return;
-    set.delete(w);
+    if (!set?.delete(w)) return;
+    for (const o of this.observers) o.left(w);
     if (set.size === 0) {
       entry.byCred.delete(w.credKey);
+      this.tags.forget(entry.path, w.credKey);
       for (const fn of this.groupGoneListeners) fn(entry.path, w.credKey);
     }
-    if (entry.byCred.size === 0) this.byPathIndex.delete(entry.path);
+    if (entry.byCred.size === 0) {
+      this.byPathIndex.delete(entry.path);
+      this.paths.remove(entry.path);
+    }
   }
 
   private delete(w: Watch): number {

@@ -4,12 +4,13 @@ import { request as httpsRequest } from 'node:https';
 import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import autobahn from 'autobahn';
-import { Redis } from 'ioredis';
-import type { WaymarkConfig } from '../protocol/config.js';
+import { Cluster } from 'ioredis';
+import { redisTarget, type RedisTarget, type WaymarkConfig } from '../protocol/config.js';
 import { ERROR_URIS, PROC_WATCH, WAMP_SUBPROTOCOLS } from '../protocol/uris.js';
 import { VERSION } from '../protocol/version.js';
 import { redactUrl } from '../support/logger.js';
 import { DeadlineError, withDeadline } from '../support/deadline.js';
+import { connectedNode, createNodeRedis, createRedis, liveClusterNodes, redisMode } from '../support/redis.js';
 
 /**
  * `waymark doctor`: what an operator runs when "it does not push". Each check answers one
@@ -275,12 +276,24 @@ async function checkWatch(probe: WampProbe, timeoutMs: number): Promise<CheckRes
 // redis: PING and a round trip on the bump channel
 // ---------------------------------------------------------------------------------------------
 
-async function checkRedis(url: string, channel: string, timeoutMs: number): Promise<CheckResult> {
+/**
+ * Which Redis, in words: the URL (single), the seed nodes (cluster) or the master set and its
+ * sentinels. Never the password.
+ */
+function describeTarget(target: RedisTarget): string {
+  const mode = redisMode(target);
+  if (mode === 'cluster') return `cluster via ${target.redisClusterNodes!.join(',')}`;
+  if (mode === 'sentinel') return `sentinel master set ${target.redisSentinelName} via ${target.redisSentinels!.join(',')}`;
+  return redactUrl(target.redisUrl);
+}
+
+async function checkRedis(target: RedisTarget, channel: string, timeoutMs: number): Promise<CheckResult> {
   const name = 'redis';
-  const shown = redactUrl(url);
-  const options = { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: timeoutMs, enableOfflineQueue: false };
-  const pub = new Redis(url, options);
-  const sub = new Redis(url, options);
+  const mode = redisMode(target);
+  let shown = describeTarget(target);
+  const options = { maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: timeoutMs, enableOfflineQueue: false };
+  const pub = createRedis(target, 'doctor', options);
+  const sub = createNodeRedis(target, 'doctor subscriber', options);
   // connect() only says "Connection is closed."; the cause (ECONNREFUSED, NOAUTH) comes as an event.
   let cause: unknown;
   pub.on('error', (err: unknown) => { cause ??= err; });
@@ -290,6 +303,16 @@ async function checkRedis(url: string, channel: string, timeoutMs: number): Prom
     await within(timeoutMs, 'connection', pub.connect());
     const pong = await within(timeoutMs, 'PONG', pub.ping());
     const pingTook = since(t0);
+    if (pub instanceof Cluster) {
+      const info = String(await within(timeoutMs, 'CLUSTER INFO', pub.cluster('INFO')));
+      const state = /cluster_state:(\w+)/.exec(info)?.[1] ?? 'unknown';
+      // CLUSTER NODES, not the client's pool, which learns of replicas lazily
+      const lines = String(await within(timeoutMs, 'CLUSTER NODES', pub.cluster('NODES'))).split('\n').filter((l) => l.trim() && !/fail|handshake|noaddr/.test(l.split(' ')[2] ?? ''));
+      shown += ` (${lines.filter((l) => /master/.test(l.split(' ')[2])).length} masters, ${lines.length} nodes, cluster_state ${state})`;
+      if (state !== 'ok') throw new Error(`cluster_state is ${state}: some slots have no reachable master`);
+    } else if (mode === 'sentinel') {
+      shown += ` (master at ${connectedNode(pub) ?? 'unknown'})`;
+    }
     await within(timeoutMs, 'connection', sub.connect());
     await within(timeoutMs, 'SUBSCRIBE', sub.subscribe(channel));
     // A bump of a path no browser can watch (it is its own id): every instance receives it and
@@ -303,9 +326,12 @@ async function checkRedis(url: string, channel: string, timeoutMs: number): Prom
     const receivers = await within(timeoutMs, 'PUBLISH reply', pub.publish(channel, message));
     await within(timeoutMs, 'probe bump back on the channel', back);
     const others = Math.max(0, receivers - 1);
+    // On a cluster PUBLISH counts only the subscribers of the node it ran on; the others hear
+    // it over the cluster bus.
+    const count = mode === 'cluster' ? `subscribed on ${connectedNode(sub) ?? 'a node'}` : `${others} other subscriber${others === 1 ? '' : 's'}, normally Waymark instances`;
     return {
       name, status: 'ok',
-      detail: `${shown}: ${pong} in ${pingTook}; a probe bump on ${channel} came back in ${since(t1)} (${others} other subscriber${others === 1 ? "" : "s"}, normally Waymark instances)`,
+      detail: `${shown}: ${pong} in ${pingTook}; a probe bump on ${channel} came back in ${since(t1)} (${count})`,
     };
   } catch (err) {
     const reason = err instanceof DeadlineError ? err.message : reasonOf(cause ?? err);
@@ -414,20 +440,48 @@ const DELIVERY: Record<string, 'channel' | 'stream'> = { publish: 'channel', spu
  * only its own channel (or stream): one that ends with it under a prefix is the trap of clients
  * that prefix every key and channel (Laravel's `laravel_database_`, a Rails/Django cache prefix).
  */
-async function checkBumps(url: string, target: { channel: string; stream?: string }, listenMs: number, timeoutMs: number): Promise<CheckResult> {
+/**
+ * The URLs MONITOR must watch to see every bump: the one node; the master the sentinels name; or
+ * every node of a cluster (a PUBLISH shows only on the node a client sent it to; an XADD on its
+ * master, and again on the replicas, so those are left out for a stream). Each keeps the
+ * credentials and TLS of WAYMARK_REDIS_URL.
+ */
+async function monitorUrls(target: RedisTarget, mastersOnly: boolean, timeoutMs: number): Promise<string[]> {
+  const mode = redisMode(target);
+  if (mode === 'single') return [target.redisUrl];
+  const redis = createRedis(target, 'doctor monitor', { maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: timeoutMs, enableOfflineQueue: false });
+  redis.on('error', () => undefined);
+  try {
+    await within(timeoutMs, 'connection', redis.connect());
+    const nodes = redis instanceof Cluster
+      ? liveClusterNodes(String(await within(timeoutMs, 'CLUSTER NODES', redis.cluster('NODES'))), mastersOnly).map((n) => `${n.host}:${n.port}`)
+      : [connectedNode(redis)].filter((n): n is string => !!n);
+    return nodes.map((node) => {
+      const u = new URL(target.redisUrl);
+      u.host = node;
+      u.pathname = mode === 'cluster' ? '' : u.pathname;
+      return u.toString();
+    });
+  } finally {
+    redis.disconnect();
+  }
+}
+
+async function checkBumps(redis: RedisTarget, target: { channel: string; stream?: string }, listenMs: number, timeoutMs: number): Promise<CheckResult> {
   const name = 'bumps';
   const kind = target.stream ? 'stream' : 'channel';
   const where = target.stream ?? target.channel;
   const command = target.stream ? 'XADD' : 'PUBLISH';
   const seen = new Map<string, number>();
   try {
-    await monitorRedis(url, listenMs, timeoutMs, (args) => {
+    const urls = await monitorUrls(redis, !!target.stream, timeoutMs);
+    await Promise.all(urls.map((url) => monitorRedis(url, listenMs, timeoutMs, (args) => {
       const op = String(args[0] ?? '').toLowerCase();
       if (DELIVERY[op] !== kind || args[1] === undefined) return;
       // Waymark's own liveness probes ({"probe": ...}) and other doctors' probe bumps are no backend's bumps
       if (args.some((a, i) => i >= 2 && /^\{"probe":|"id":"doctor-/.test(a))) return;
       seen.set(args[1], (seen.get(args[1]) ?? 0) + 1);
-    });
+    })));
   } catch (err) {
     const reason = err instanceof DeadlineError ? err.message : reasonOf(err);
     return { name, status: 'fail', detail: `cannot watch Redis (${reason})${/NOPERM|unknown command/i.test(reason) ? ': MONITOR is not allowed for this user; try redis-cli MONITOR as an admin' : ''}` };
@@ -472,11 +526,11 @@ export async function runDoctor(config: WaymarkConfig, opts: DoctorOptions = {})
   if (router.status === 'ok') session = await checkSession(config, timeoutMs, report);
   else for (const n of ['realm', 'authentication']) report({ name: n, status: 'skip', detail: `not checked: ${session}` });
   try {
-    report(await checkRedis(config.redisUrl, config.bumpChannel, timeoutMs));
+    report(await checkRedis(redisTarget(config), config.bumpChannel, timeoutMs));
     report(await checkApi(config.apiUrl, timeoutMs));
     if (typeof session === 'string') report({ name: 'waymark.watch', status: 'skip', detail: `not checked: ${session}` });
     else report(await checkWatch(session, timeoutMs));
-    if ((opts.listenMs ?? 0) > 0) report(await checkBumps(config.redisUrl, { channel: config.bumpChannel, stream: config.bumpStream }, opts.listenMs!, timeoutMs));
+    if ((opts.listenMs ?? 0) > 0) report(await checkBumps(redisTarget(config), { channel: config.bumpChannel, stream: config.bumpStream }, opts.listenMs!, timeoutMs));
   } finally {
     if (typeof session !== 'string') session.close();
   }

@@ -1,5 +1,8 @@
 import { ConfigError } from './errors.js';
 
+/** The longest revalidation period (one day): Node timers overflow past 2^31-1 ms. */
+export const MAX_REVALIDATE_MS = 86_400_000;
+
 /** Request headers Waymark sets itself: a client can never supply them (contract section 2). */
 export const RESERVED_REQUEST_HEADERS: readonly string[] = [
   'host', 'x-waymark', 'user-agent', 'content-length', 'transfer-encoding', 'connection', 'accept-encoding',
@@ -23,8 +26,17 @@ export interface WaymarkConfig {
   routerAuthid?: string;
   /** required with routerAuthid (WAYMARK_ROUTER_TICKET) */
   routerTicket?: string;
-  /** @default 'redis://127.0.0.1:6379' (WAYMARK_REDIS_URL) */
+  /**
+   * Redis, or in cluster and sentinel mode only its username, password and TLS (`rediss:`).
+   * @default 'redis://127.0.0.1:6379' (WAYMARK_REDIS_URL)
+   */
   redisUrl: string;
+  /** Redis Cluster seed nodes as `host:port`; the rest are discovered (WAYMARK_REDIS_CLUSTER_NODES) */
+  redisClusterNodes?: string[];
+  /** Sentinels as `host:port`, with redisSentinelName (WAYMARK_REDIS_SENTINELS) */
+  redisSentinels?: string[];
+  /** the master set's name the sentinels monitor (WAYMARK_REDIS_SENTINEL_NAME) */
+  redisSentinelName?: string;
   /** @default 'waymark:bumps' (WAYMARK_BUMP_CHANNEL) */
   bumpChannel: string;
   /** origin plus optional base path, without a trailing slash; required (WAYMARK_API_URL) */
@@ -83,6 +95,14 @@ export interface WaymarkConfig {
   breakerFailures: number;
   /** how long an open breaker fails fast before one probe request. @default 5000 (WAYMARK_BREAKER_COOLDOWN_MS) */
   breakerCooldownMs: number;
+  /** lower-case response header names whose values are the response's tags; [] turns tags off (WAYMARK_TAG_HEADERS) */
+  tagHeaders: readonly string[];
+  /** tags kept per response, in header order; the rest are dropped and counted. @default 64 (WAYMARK_MAX_TAGS_PER_RESPONSE) */
+  maxTagsPerResponse: number;
+  /** revalidation period of watches that give no `revalidateMs`; 0 is off. @default 0 (WAYMARK_REVALIDATE_MS) */
+  revalidateMs: number;
+  /** the shortest `revalidateMs` a watch may ask for. @default 5000 (WAYMARK_MIN_REVALIDATE_MS) */
+  minRevalidateMs: number;
 }
 
 export const DEFAULTS = {
@@ -115,6 +135,10 @@ export const DEFAULTS = {
   bumpStreamReader: 'default',
   breakerFailures: 5,
   breakerCooldownMs: 5000,
+  tagHeaders: ['waymark-tags', 'surrogate-key', 'cache-tag'],
+  maxTagsPerResponse: 64,
+  revalidateMs: 0,
+  minRevalidateMs: 5000,
 } satisfies Omit<WaymarkConfig, 'apiUrl'>;
 
 const LOG_LEVELS = ['error', 'warn', 'info', 'http', 'verbose', 'debug', 'silly'];
@@ -122,21 +146,87 @@ const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9a-z-]+$/;
 
 type Env = Record<string, string | undefined>;
 
+/**
+ * Which Redis, in which mode (contract section 13): one node (`redisUrl`), Redis Cluster
+ * (`redisClusterNodes`) or Sentinel (`redisSentinels` + `redisSentinelName`). In the last two,
+ * `redisUrl` gives only the username, password and TLS. `createRedis` (lib/support/redis.ts)
+ * builds every client from it.
+ */
+export type RedisTarget = Pick<WaymarkConfig, 'redisUrl' | 'redisClusterNodes' | 'redisSentinels' | 'redisSentinelName'>;
+
+/** Only the Redis settings of a configuration (or of anything that carries them). */
+export function redisTarget(c: RedisTarget): RedisTarget {
+  return {
+    redisUrl: c.redisUrl,
+    ...(c.redisClusterNodes ? { redisClusterNodes: c.redisClusterNodes } : {}),
+    ...(c.redisSentinels ? { redisSentinels: c.redisSentinels, redisSentinelName: c.redisSentinelName } : {}),
+  };
+}
+
 /** Where bumps go: the settings `createBumper` needs (see `bumperOptions` in bumper.ts). */
-export type BumpTarget = Pick<WaymarkConfig, 'redisUrl' | 'bumpChannel' | 'bumpStream'> & { bumpStreamMaxLen?: number };
+export type BumpTarget = RedisTarget & Pick<WaymarkConfig, 'bumpChannel' | 'bumpStream'> & { bumpStreamMaxLen?: number };
+
+/** `host:port`, `[v6]:port`; the port 1-65535. */
+const NODE_ADDRESS = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$/;
+
+/** Parse `host:port` as validated by readRedisTarget (IPv6 hosts lose their brackets). */
+export function parseNodeAddress(node: string): { host: string; port: number } {
+  const i = node.lastIndexOf(':');
+  return { host: node.slice(0, i).replace(/^\[(.*)\]$/, '$1'), port: Number(node.slice(i + 1)) };
+}
+
+/** Read and check the Redis settings; each problem goes to `bad` (setting, message). */
+function readRedisTarget(env: Env, bad: (name: string, msg: string) => void): RedisTarget {
+  const redisUrl = env.WAYMARK_REDIS_URL?.trim() || DEFAULTS.redisUrl;
+  const redisProblem = redisUrlProblem(redisUrl);
+  if (redisProblem) bad('WAYMARK_REDIS_URL', redisProblem);
+  const db = redisProblem ? '' : new URL(redisUrl).pathname.replace(/^\//, '');
+  const nodes = (name: string): string[] | undefined => {
+    const raw = env[name]?.trim();
+    if (!raw) return undefined;
+    const list = raw.split(',').map((s) => s.trim());
+    for (const n of list) {
+      const m = NODE_ADDRESS.exec(n);
+      if (!m || Number(m[1]) < 1 || Number(m[1]) > 65535) {
+        bad(name, `must be host:port[,host:port...], got ${JSON.stringify(n)}`);
+        return undefined;
+      }
+    }
+    return [...new Set(list)];
+  };
+  const redisClusterNodes = nodes('WAYMARK_REDIS_CLUSTER_NODES');
+  const redisSentinels = nodes('WAYMARK_REDIS_SENTINELS');
+  const redisSentinelName = env.WAYMARK_REDIS_SENTINEL_NAME?.trim() || undefined;
+  if (env.WAYMARK_REDIS_CLUSTER_NODES?.trim() && env.WAYMARK_REDIS_SENTINELS?.trim()) {
+    bad('WAYMARK_REDIS_SENTINELS', 'cannot be used together with WAYMARK_REDIS_CLUSTER_NODES: Redis Cluster or Sentinel, not both');
+  } else if (env.WAYMARK_REDIS_SENTINELS?.trim() && !redisSentinelName) {
+    bad('WAYMARK_REDIS_SENTINEL_NAME', 'is required with WAYMARK_REDIS_SENTINELS: the name of the master set the sentinels monitor');
+  } else if (redisSentinelName && !env.WAYMARK_REDIS_SENTINELS?.trim()) {
+    bad('WAYMARK_REDIS_SENTINEL_NAME', 'is only used with WAYMARK_REDIS_SENTINELS (host:port of each sentinel)');
+  } else if (redisSentinelName && !/^[A-Za-z0-9._-]{1,100}$/.test(redisSentinelName)) {
+    bad('WAYMARK_REDIS_SENTINEL_NAME', `must be 1-100 letters, digits or . _ -, got ${JSON.stringify(redisSentinelName)}`);
+  }
+  if (redisClusterNodes && db && db !== '0') {
+    bad('WAYMARK_REDIS_URL', `selects database ${db}, but Redis Cluster has only database 0`);
+  }
+  return {
+    redisUrl,
+    ...(redisClusterNodes ? { redisClusterNodes } : {}),
+    ...(redisSentinels ? { redisSentinels } : {}),
+    ...(redisSentinels && redisSentinelName ? { redisSentinelName } : {}),
+  };
+}
 
 /**
  * Only where bumps go, for `waymark bump` and `demo-api`: they need no WAYMARK_API_URL, so they
  * do not take the component's whole configuration.
  */
 export function loadBumpTarget(env: Env): BumpTarget {
-  const redisUrl = env.WAYMARK_REDIS_URL?.trim() || DEFAULTS.redisUrl;
-  const redisProblem = redisUrlProblem(redisUrl);
-  if (redisProblem) throw new ConfigError('WAYMARK_REDIS_URL', redisProblem);
   const rawMax = env.WAYMARK_BUMP_STREAM_MAXLEN?.trim();
   if (rawMax && !/^[1-9]\d*$/.test(rawMax)) throw new ConfigError('WAYMARK_BUMP_STREAM_MAXLEN', `must be a whole number above 0, got ${JSON.stringify(rawMax)}`);
+  const redis = readRedisTarget(env, (name, msg) => { throw new ConfigError(name, msg); });
   return {
-    redisUrl,
+    ...redis,
     bumpChannel: env.WAYMARK_BUMP_CHANNEL || DEFAULTS.bumpChannel,
     bumpStream: env.WAYMARK_BUMP_STREAM?.trim() || undefined,
     ...(rawMax ? { bumpStreamMaxLen: Number(rawMax) } : {}),
@@ -227,9 +317,7 @@ export function loadConfig(env: Env): WaymarkConfig {
   const routerTicket = env.WAYMARK_ROUTER_TICKET || undefined;
   if (routerAuthid && !routerTicket) bad('WAYMARK_ROUTER_TICKET', 'is required when WAYMARK_ROUTER_AUTHID is set');
 
-  const redisUrl = str('WAYMARK_REDIS_URL', DEFAULTS.redisUrl);
-  const redisProblem = redisUrlProblem(redisUrl);
-  if (redisProblem) bad('WAYMARK_REDIS_URL', redisProblem);
+  const redis = readRedisTarget(env, bad);
   const bumpChannel = str('WAYMARK_BUMP_CHANNEL', DEFAULTS.bumpChannel);
   const bumpStream = env.WAYMARK_BUMP_STREAM?.trim() || undefined;
   const bumpStreamReader = str('WAYMARK_BUMP_STREAM_READER', DEFAULTS.bumpStreamReader);
@@ -277,12 +365,18 @@ export function loadConfig(env: Env): WaymarkConfig {
     if (NEVER_FORWARDED_RESPONSE_HEADERS.includes(h)) bad('WAYMARK_RESPONSE_HEADERS', `${h} is never pushed to browsers`);
   }
 
+  const minRevalidateMs = int('WAYMARK_MIN_REVALIDATE_MS', DEFAULTS.minRevalidateMs, 100, MAX_REVALIDATE_MS);
+  const revalidateMs = int('WAYMARK_REVALIDATE_MS', DEFAULTS.revalidateMs, 0, MAX_REVALIDATE_MS);
+  if (revalidateMs !== 0 && revalidateMs < minRevalidateMs) {
+    bad('WAYMARK_REVALIDATE_MS', `must be 0 (off) or at least WAYMARK_MIN_REVALIDATE_MS (${minRevalidateMs}), got ${revalidateMs}`);
+  }
+
   const config: WaymarkConfig = {
     routerUrl,
     realm,
     routerAuthid,
     routerTicket,
-    redisUrl,
+    ...redis,
     bumpChannel,
     apiUrl,
     logLevel,
@@ -310,6 +404,10 @@ export function loadConfig(env: Env): WaymarkConfig {
     bumpStreamReader,
     breakerFailures: int('WAYMARK_BREAKER_FAILURES', DEFAULTS.breakerFailures, 0, 1_000_000),
     breakerCooldownMs: int('WAYMARK_BREAKER_COOLDOWN_MS', DEFAULTS.breakerCooldownMs, 1, 600000),
+    tagHeaders: list('WAYMARK_TAG_HEADERS', DEFAULTS.tagHeaders),
+    maxTagsPerResponse: int('WAYMARK_MAX_TAGS_PER_RESPONSE', DEFAULTS.maxTagsPerResponse, 1, 10_000),
+    revalidateMs,
+    minRevalidateMs,
   };
   if (problems.length > 0) {
     throw new ConfigError(problems[0][0], problems.map(([n, m], i) => (i === 0 ? m : `${n}: ${m}`)).join('; '));

@@ -4,7 +4,14 @@ export type SessionId = number;
 /** One bump as received from Redis, after parsing. */
 export interface Bump {
   id: string;
+  /** exact paths; one without a query reaches every query of that path (contract 11.1) */
   paths: string[];
+  /** path prefixes matched at a segment boundary (contract 11.2) */
+  prefixes?: string[];
+  /** tags the API declared on its responses (contract 11.3) */
+  tags?: string[];
+  /** a valid W3C traceparent, sent on the fetches this bump causes (contract 11.6) */
+  traceparent?: string;
   /** ms since epoch when Waymark received it */
   at: number;
 }
@@ -20,6 +27,8 @@ export interface FetchRequest {
   reason: string;
   /** revalidate: sent as If-None-Match / If-Modified-Since */
   validators?: Validators;
+  /** W3C trace context of the bump that caused this fetch, sent as the `traceparent` header */
+  traceparent?: string;
 }
 
 export interface Validators {
@@ -50,6 +59,10 @@ export interface FetchResult {
   /** internal, never published: the response's validators and Retry-After, whatever the allowlist */
   validators?: Validators;
   retryAfterMs?: number;
+  /** internal: the response's tags (contract 11.3); [] when it had no tag header; undefined when tags are off */
+  tags?: string[];
+  /** internal: tags over the per-response cap or malformed, dropped */
+  tagsDropped?: number;
   /**
    * internal: the request failed before anything was sent (a local error such as a header value
    * undici refuses); it says nothing about the API, so the breaker ignores it and it is not retried
@@ -68,6 +81,8 @@ export interface Update {
   bump: { id: string; at: number } | null;
   fetchedAt: number;
   error?: { code: FetchErrorCode; message: string };
+  /** the API answered 410 Gone: this is the watch's last Update, it has been removed (contract 11.5) */
+  ended?: true;
 }
 
 export interface WatchResult {

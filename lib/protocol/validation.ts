@@ -1,4 +1,4 @@
-import { RESERVED_REQUEST_HEADERS, type WaymarkConfig } from './config.js';
+import { MAX_REVALIDATE_MS, RESERVED_REQUEST_HEADERS, type WaymarkConfig } from './config.js';
 import { WaymarkError } from './errors.js';
 import type { ForwardHeaders, SessionId } from './types.js';
 
@@ -120,6 +120,50 @@ export function validatePath(path: unknown, maxBytes: number): string {
   return normalise(path);
 }
 
+/** A tag (contract 11.3): 1-256 visible ASCII characters without comma; case matters. */
+const TAG = /^[\x21-\x2b\x2d-\x7e]{1,256}$/;
+export const MAX_TAG_LENGTH = 256;
+
+export function isValidTag(tag: unknown): tag is string {
+  return typeof tag === 'string' && TAG.test(tag);
+}
+
+/**
+ * The tags of one response header value, in order: separated by commas and/or whitespace,
+ * each kept when valid and while fewer than `max` are kept; the rest (malformed, duplicate-free
+ * overflow) are counted in `dropped`. Work is linear in the value's length, which HTTP header
+ * limits bound (undici: 16 KiB in all).
+ */
+export function parseTags(values: Iterable<string>, max: number): { tags: string[]; dropped: number } {
+  const seen = new Set<string>();
+  let dropped = 0;
+  for (const value of values) {
+    for (const t of value.split(/[,\s]+/)) {
+      if (t === '' || seen.has(t)) continue;
+      if (!TAG.test(t) || seen.size >= max) dropped += 1;
+      else seen.add(t);
+    }
+  }
+  return { tags: [...seen], dropped };
+}
+
+/**
+ * A W3C Trace Context `traceparent` (https://www.w3.org/TR/trace-context/#traceparent-header):
+ * `00-<32 lower hex trace-id, not all 0>-<16 lower hex parent-id, not all 0>-<2 lower hex flags>`.
+ * Version `ff` is invalid; a later version may carry more fields after a `-`, of which only the
+ * first four are read (section 4.3 "Versioning"). Returns the value to send, or undefined.
+ */
+export function parseTraceparent(value: unknown): string | undefined {
+  if (typeof value !== 'string' || value.length > 512) return undefined;
+  const m = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$/.exec(value.trim());
+  if (!m) return undefined;
+  const [, version, traceId, parentId, flags, rest] = m;
+  if (version === 'ff' || (version === '00' && rest !== undefined)) return undefined;
+  if (/^0+$/.test(traceId) || /^0+$/.test(parentId)) return undefined;
+  // A newer version is sent on as version 00 of what we understood.
+  return `00-${traceId}-${parentId}-${flags}`;
+}
+
 /**
  * Join a validated path onto the API URL and prove the result stayed on the API's origin and
  * under its base path: the last line of defence against SSRF, whatever the grammar missed.
@@ -137,6 +181,8 @@ export function resolveApiUrl(apiUrl: string, path: string): string {
 export interface WatchOptions {
   headers: ForwardHeaders;
   snapshot: boolean;
+  /** re-ask the API every this many ms (0: never), contract 11.4 */
+  revalidateMs: number;
 }
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {
@@ -215,13 +261,13 @@ export function parseCredentials(
 export function parseWatchArgs(
   args: unknown[] | undefined,
   kwargs: Record<string, unknown> | undefined,
-  config: Pick<WaymarkConfig, 'forwardHeaders' | 'maxHeaderBytes' | 'maxPathBytes'>,
+  config: Pick<WaymarkConfig, 'forwardHeaders' | 'maxHeaderBytes' | 'maxPathBytes'> & Partial<Pick<WaymarkConfig, 'revalidateMs' | 'minRevalidateMs'>>,
 ): { path: string } & WatchOptions {
   const a = args ?? [];
   const kw = isPlainObject(kwargs) ? kwargs : {};
   const positional = a[1];
   if (positional !== undefined && positional !== null && !isPlainObject(positional)) {
-    throw new WaymarkError('invalid_argument', 'options must be an object: { token?, headers?, snapshot? }');
+    throw new WaymarkError('invalid_argument', 'options must be an object: { token?, headers?, snapshot?, revalidateMs? }');
   }
   const { path: kwPath, ...kwOptions } = kw;
   const options: Record<string, unknown> = { ...(positional ?? {}), ...kwOptions };
@@ -229,7 +275,16 @@ export function parseWatchArgs(
   if (options.snapshot !== undefined && typeof options.snapshot !== 'boolean') {
     throw new WaymarkError('invalid_argument', 'snapshot must be a boolean');
   }
-  return { path, headers: parseCredentials(options, config), snapshot: options.snapshot === true };
+  let revalidateMs = config.revalidateMs ?? 0;
+  if (options.revalidateMs !== undefined && options.revalidateMs !== null) {
+    const n = options.revalidateMs;
+    const min = config.minRevalidateMs ?? 5000;
+    if (typeof n !== 'number' || !Number.isInteger(n) || (n !== 0 && (n < min || n > MAX_REVALIDATE_MS))) {
+      throw new WaymarkError('invalid_argument', `revalidateMs must be 0 (off) or a whole number of ms from ${min} to ${MAX_REVALIDATE_MS}`);
+    }
+    revalidateMs = n;
+  }
+  return { path, headers: parseCredentials(options, config), snapshot: options.snapshot === true, revalidateMs };
 }
 
 /** Watches belong to the caller the router disclosed; without one there is no owner. */

@@ -33,12 +33,23 @@ export class Metrics {
   readonly breakerRejected = new Counter({ name: 'waymark_fetches_rejected_total', help: 'Fetches failed fast by an open circuit breaker', registers: [this.registry] });
   readonly watchesMoved = new Counter({ name: 'waymark_watches_moved_total', help: 'Watches this instance took over from another instance (each refetched once)', registers: [this.registry] });
   readonly peersLeft = new Counter({ name: 'waymark_peer_instances_left_total', help: 'Other instances seen leaving the router (clients told to re-watch)', registers: [this.registry] });
+  readonly bumpForms = new Counter({
+    name: 'waymark_bump_forms_total', help: 'Bumps received by what they name (a bump naming several counts once for each)', labelNames: ['form'], registers: [this.registry],
+  });
+  readonly bumpRootPrefix = new Counter({ name: 'waymark_bumps_root_prefix_total', help: 'Bumps with the prefix "/", which refetches every watch', registers: [this.registry] });
+  readonly tagsDropped = new Counter({ name: 'waymark_tags_dropped_total', help: 'Response tags dropped: over WAYMARK_MAX_TAGS_PER_RESPONSE or malformed', registers: [this.registry] });
+  readonly revalidations = new Counter({
+    name: 'waymark_revalidations_total', help: 'Revalidation requests by result: not_modified (304), unchanged, changed (published), failed', labelNames: ['result'], registers: [this.registry],
+  });
+  readonly revalidatingGroups = new Gauge({ name: 'waymark_revalidating_groups', help: 'Path and credential groups with a revalidation timer', registers: [this.registry] });
   readonly peers = new Gauge({ name: 'waymark_peer_instances', help: 'Other instances of this service known to be joined', registers: [this.registry] });
 
   constructor() {
     // Every status class exists from the start at 0, so rate() and alerts on e.g. 5xx work
     // before the first such fetch.
     for (const c of ['2xx', '3xx', '4xx', '5xx', 'error']) this.fetches.inc({ class: c }, 0);
+    for (const f of ['path', 'prefix', 'tag']) this.bumpForms.inc({ form: f }, 0);
+    for (const r of ['not_modified', 'unchanged', 'changed', 'failed']) this.revalidations.inc({ result: r }, 0);
     // process CPU, heap and event-loop lag, as waymark_process_* / waymark_nodejs_*
     collectDefaultMetrics({ register: this.registry, prefix: 'waymark_' });
   }

@@ -8,15 +8,18 @@ import { BumpEndpoint } from '../bumps/bump-endpoint.js';
 import { bumperOptions } from '../bumps/bumper.js';
 import { RedisBumpSource, RedisStreamBumpSource, type BumpSource, type RedisBumpSourceOptions } from '../bumps/bump-source.js';
 import { CircuitBreakerFetcher } from '../engine/circuit-breaker.js';
-import type { WaymarkConfig } from '../protocol/config.js';
+import { redisTarget, type WaymarkConfig } from '../protocol/config.js';
+import { redisMode } from '../support/redis.js';
 import { waitAtMost, withDeadline } from '../support/deadline.js';
 import { Dispatcher } from '../engine/dispatcher.js';
+import { Revalidator } from '../engine/revalidator.js';
 import { ConfigError, WaymarkError } from '../protocol/errors.js';
 import { UndiciFetcher, type Fetcher } from '../engine/fetcher.js';
 import { redactUrl, silentLogger, type Logger } from '../support/logger.js';
 import { Metrics } from '../support/metrics.js';
 import { WampPublisher, type Publisher } from '../engine/publisher.js';
 import type { Bump, ForwardHeaders, WatchResult } from '../protocol/types.js';
+import type { Watch } from '../engine/watch-registry.js';
 import { authorize } from './authorizer.js';
 import { SessionRateLimiter } from './rate-limiter.js';
 import {
@@ -56,6 +59,7 @@ export class Waymark {
   private readonly fetcher: Fetcher;
   private readonly bumpSource: BumpSource;
   private readonly dispatcher: Dispatcher;
+  private readonly revalidator: Revalidator;
   private readonly admin?: AdminServer;
   private readonly bumpEndpoint?: BumpEndpoint;
   private readonly rateLimiter: SessionRateLimiter;
@@ -92,6 +96,8 @@ export class Waymark {
       maxBodyBytes: config.maxBodyBytes,
       timeoutMs: config.fetchTimeoutMs,
       connections: config.fetchConcurrency,
+      tagHeaders: config.tagHeaders,
+      maxTags: config.maxTagsPerResponse,
     });
     // The breaker sits on the Fetcher seam, so injected fetchers get it too. Every path is
     // fetched from the one API origin, so there is one circuit.
@@ -113,7 +119,7 @@ export class Waymark {
       })
       : http;
     const source: RedisBumpSourceOptions = {
-      redisUrl: config.redisUrl,
+      ...redisTarget(config),
       channel: config.bumpChannel,
       maxPathBytes: config.maxPathBytes,
       logger: this.logger.child({ module: 'bump-source' }),
@@ -136,7 +142,10 @@ export class Waymark {
       concurrency: config.fetchConcurrency,
       pushUnchanged: config.pushUnchanged,
       metrics: this.metrics,
+      onEnded: (watches) => this.ended(watches),
     });
+    this.revalidator = new Revalidator({ onDue: (path, credKey) => this.dispatcher.revalidate(path, credKey) });
+    this.registry.observe(this.revalidator);
     if (config.bumpSecret) {
       this.bumpEndpoint = new BumpEndpoint({
         secret: config.bumpSecret,
@@ -147,7 +156,7 @@ export class Waymark {
       });
     }
     const index = opts.watchIndex ?? new RedisWatchIndex({
-      redisUrl: config.redisUrl,
+      ...redisTarget(config),
       // instances that share a bump channel are one service; their keys live under its name
       prefix: config.bumpChannel,
       ttlSeconds: INDEX_TTL_SECONDS,
@@ -172,6 +181,7 @@ export class Waymark {
           this.metrics.watches.set(this.registry.size);
           this.metrics.sessions.set(this.registry.sessionCount);
           this.metrics.queueDepth.set(this.dispatcher.queued);
+          this.metrics.revalidatingGroups.set(this.revalidator.size);
           return this.metrics.registry.metrics();
         },
       });
@@ -210,6 +220,9 @@ export class Waymark {
       throw new ConfigError('WAYMARK_ADMIN_PORT', `cannot listen on ${this.config.adminHost}:${this.config.adminPort} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
     }
     this.logger.info('connecting to redis', {
+      mode: redisMode(this.config),
+      ...(this.config.redisClusterNodes ? { nodes: this.config.redisClusterNodes.join(',') } : {}),
+      ...(this.config.redisSentinels ? { sentinels: this.config.redisSentinels.join(','), name: this.config.redisSentinelName } : {}),
       url: redactUrl(this.config.redisUrl), ...(this.config.bumpStream ? { stream: this.config.bumpStream } : { channel: this.config.bumpChannel }),
     });
     await this.bumpSource.start((bump) => this.onBump(bump));
@@ -400,7 +413,7 @@ export class Waymark {
   }
 
   private async watch(session: number, args: unknown[] | undefined, kwargs: unknown): Promise<WatchResult> {
-    const { path, headers, snapshot } = parseWatchArgs(args, kwargs as Record<string, unknown>, this.config);
+    const { path, headers, snapshot, revalidateMs } = parseWatchArgs(args, kwargs as Record<string, unknown>, this.config);
     resolveApiUrl(this.config.apiUrl, path);
     // Ownership and the limit are shared by all instances (contract section 7).
     const id = watchId(session, path);
@@ -409,7 +422,7 @@ export class Waymark {
     let upserted: ReturnType<WatchRegistry['upsert']>;
     try {
       this.stillThere(session);
-      upserted = this.registry.upsert(session, path, headers);
+      upserted = this.registry.upsert(session, path, headers, revalidateMs);
       accepted = true;
     } finally {
       // publishes the claim (or, on a throw, only forgets the admit)
@@ -489,8 +502,22 @@ export class Waymark {
     return dropped;
   }
 
+  /** A 410 ended these watches (contract 11.5): gone here and from the shared index. */
+  private ended(watches: Watch[]): void {
+    for (const w of watches) {
+      if (!this.registry.isLive(w)) continue;
+      this.registry.remove(w.session, w.id);
+      void this.instances.unwatch(w.session, w.id, 1);
+      this.logger.info('watch ended: the API answered 410 Gone', { session: w.session, watch: w.id, path: w.path });
+    }
+  }
+
   private onBump(bump: Bump): void {
     this.metrics.bumpsReceived.inc();
+    if (bump.paths.length) this.metrics.bumpForms.inc({ form: 'path' });
+    if (bump.prefixes?.length) this.metrics.bumpForms.inc({ form: 'prefix' });
+    if (bump.tags?.length) this.metrics.bumpForms.inc({ form: 'tag' });
+    if (bump.prefixes?.includes('/')) this.metrics.bumpRootPrefix.inc();
     if (this.status === 'stopping' || this.status === 'stopped') return;
     this.logger.debug('bump', { bump: bump.id, paths: bump.paths.length });
     void this.dispatcher.dispatch(bump);
@@ -539,6 +566,7 @@ export class Waymark {
         this.logger.info('unregistered: new calls go to other instances', { inFlight: this.dispatcher.busy });
       }],
       ['bump source', async () => {
+        this.revalidator.stop();
         await this.bumpSource.stop();
         this.setRedisState(false); // the source reports no state changes once stopped
       }],
