@@ -46,6 +46,26 @@ describe('waymark/client', function () {
     expect(a).to.have.length(2);
   });
 
+  it('two watches of one path on one connection share the server watch: both get its Updates, it ends with the last unwatch', async function () {
+    client = await connectWaymark({ url: testEnv.routerUrl, realm: testEnv.realm });
+    const a: ClientUpdate[] = [];
+    const b: ClientUpdate[] = [];
+    const wa = await client.watch('/same', { token: 't' }, (u) => a.push(u));
+    const wb = await client.watch('/same', { token: 't' }, (u) => b.push(u));
+    expect(wa.id).to.equal(wb.id);
+    upstreamVersion.value = 2;
+    await wm.bump('/same');
+    await waitFor('both handles', () => a.length === 1 && b.length === 1);
+    await wa.unwatch();
+    expect(wm.waymark.registry.get(wb.id!), 'the server watch stays for the other handle').not.to.equal(undefined);
+    upstreamVersion.value = 3;
+    await wm.bump('/same');
+    await waitFor('the remaining handle', () => b.length === 2);
+    expect(a).to.have.length(1);
+    await wb.unwatch();
+    await waitFor('the server watch gone', () => wm.waymark.registry.size === 0);
+  });
+
   it('re-watches everything after a reconnect with a new session id, catching up on what changed meanwhile', async function () {
     client = await connectWaymark({ url: testEnv.routerUrl, realm: testEnv.realm, maxRetryDelay: 0.5 });
     const states: ConnectionState[] = [];

@@ -172,7 +172,11 @@ function errorText(err: unknown): string {
  */
 export class WaymarkClient {
   private readonly handles = new Set<Handle>();
-  private readonly byId = new Map<string, Handle>();
+  /**
+   * Handles by watch id. Watching one path twice on one connection gives one watch on the
+   * server (the id depends on session and path, contract section 2), so an id may serve several.
+   */
+  private readonly byId = new Map<string, Set<Handle>>();
   private readonly listeners = new Map<string, Set<Listener<never>>>();
   /** `waymark.watch` calls in flight on the current session */
   private calling = 0;
@@ -403,7 +407,14 @@ export class WaymarkClient {
   private forget(h: Handle): void {
     h.active = false;
     this.handles.delete(h);
-    if (h.id && this.byId.get(h.id) === h) this.byId.delete(h.id);
+    if (h.id) this.unbind(h, h.id);
+  }
+
+  private unbind(h: Handle, id: string): void {
+    const set = this.byId.get(id);
+    if (!set) return;
+    set.delete(h);
+    if (set.size === 0) this.byId.delete(id);
   }
 
   private onAnnounce(j: Join, event: unknown): void {
@@ -443,8 +454,8 @@ export class WaymarkClient {
    */
   private onUpdate(update: Update): void {
     if (!update || typeof update.watch !== 'string') return;
-    const h = this.byId.get(update.watch);
-    if (!h) {
+    const handles = this.byId.get(update.watch);
+    if (!handles) {
       // The result telling this id may still be on its way (Waymark registers a watch before it
       // fetches the snapshot, and a bump meanwhile publishes to it): kept until that result.
       if (this.calling > 0) {
@@ -458,7 +469,7 @@ export class WaymarkClient {
       }
       return;
     }
-    this.deliver(h, update);
+    for (const h of [...handles]) this.deliver(h, update);
   }
 
   private deliver(h: Handle, update: Update): void {
@@ -490,12 +501,14 @@ export class WaymarkClient {
     this.calling -= 1;
     const early = this.claim(result.watch);
     if (!h.active) return;
-    if (h.id && h.id !== result.watch && this.byId.get(h.id) === h) this.byId.delete(h.id);
+    if (h.id && h.id !== result.watch) this.unbind(h, h.id);
     h.id = result.watch;
     h.on = s;
     // Updates carry the path in Waymark's RFC 3986 normal form (`%c3%a9` -> `%C3%A9`, `%7E` -> `~`)
     if (typeof result.path === 'string') h.path = result.path;
-    this.byId.set(result.watch, h);
+    let bound = this.byId.get(result.watch);
+    if (!bound) this.byId.set(result.watch, (bound = new Set()));
+    bound.add(h);
     if (catchUp) h.catchUp = false;
     for (const u of early) this.deliver(h, u);
     // A snapshot is fetched while the call runs, so an Update received since the call was made
@@ -553,7 +566,8 @@ export class WaymarkClient {
         if (!h.active) return;
         this.forget(h);
         const j = this.join;
-        if (j && h.id) await Promise.race([j.session.call(PROC_UNWATCH, [h.id]), j.lost]);
+        // another handle on the same path shares the server's watch: it ends with the last one
+        if (j && h.id && !this.byId.has(h.id)) await Promise.race([j.session.call(PROC_UNWATCH, [h.id]), j.lost]);
       },
     };
   }
