@@ -1,5 +1,6 @@
 import { expect } from 'chai';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Counter } from 'prom-client';
 import { parseCacheControl, parseVary } from '../lib/engine/shared-fetch.js';
 import type { Update, WatchResult } from '../lib/protocol/types.js';
 import { PROC_WATCH } from '../lib/protocol/uris.js';
@@ -33,6 +34,12 @@ class ShareApi {
       : { scope: 'private', version: this.version, token };
     res.writeHead(a.status ?? 200, { 'content-type': 'application/json', ...a.headers }).end(JSON.stringify(body));
   };
+}
+
+/** The value of a counter (with these labels), as /metrics reports it. */
+async function valueOf(counter: Counter, labels: Record<string, string> = {}): Promise<number> {
+  const { values } = await counter.get();
+  return values.find((x) => Object.entries(labels).every(([k, l]) => x.labels[k] === l))?.value ?? 0;
 }
 
 interface Watcher {
@@ -134,6 +141,7 @@ describe('one fetch for what the API says is shareable (contract 12)', function 
     const perBump: number[] = [];
     for (let k = 0; k < 3; k++) perBump.push(tokensFor(await bump('/feed', plain)).length);
     expect(perBump).to.deep.equal([1, 1, 1]);
+    expect(await valueOf(wm!.waymark.metrics.sharedFetches, { result: 'shared' })).to.equal(3);
     // round robin: three bumps asked with three different members' credentials
     expect(new Set(api.requests.filter((r) => /^share-/.test(String(r.headers['x-waymark']))).map((r) => r.headers.authorization)).size).to.equal(3);
     for (const w of plain) expect(JSON.parse(last(w).body)).to.deep.include({ scope: 'public', version: model.version });
@@ -209,10 +217,12 @@ describe('one fetch for what the API says is shareable (contract 12)', function 
       const ws = await watchers(path, Array.from({ length: n }, (_, k) => ({ token: `f${i}-${k}` })));
       expect(tokensFor(await bump(path, ws)), name).to.have.length(1);
       model.answer = () => flipped;
+      const ended = await valueOf(wm!.waymark.metrics.sharedFetches, { result: 'ended' });
       const id = await bump(path, ws);
       // the shared request (its answer is the asking member's own), then each other member's own at once (a 500 is retried besides)
       if (flipped.status === 500) expect(tokensFor(id).length, name).to.be.at.least(n);
       else expect(tokensFor(id), name).to.have.length(n);
+      expect(await valueOf(wm!.waymark.metrics.sharedFetches, { result: 'ended' }), name).to.equal(ended + 1);
       expect(new Set(tokensFor(id)).size, name).to.equal(n);
       expectNoLeak(ws);
       for (const w of ws) {

@@ -670,6 +670,7 @@ export class Dispatcher {
         const fresh = usableValidators(result.validators);
         if (fresh) g.validators = { ...fresh, status: 200, bodyHash: v.bodyHash };
         this.opts.metrics.unchangedSkipped.inc(live.reduce((n, m) => n + m.watches.length, 0));
+        this.opts.metrics.sharedFetches.inc({ result: 'not_modified' });
         if (revalidation) this.opts.metrics.revalidations.inc({ result: 'not_modified' });
       } else if (vary !== null && vary.join(',') === share.vary.join(',')) {
         const hash = bodyHash(result);
@@ -678,6 +679,7 @@ export class Dispatcher {
         // Only to groups still in the share: one whose own answer meanwhile was not public left it.
         const members = live.filter((m) => shares.shareOf(g.path, m.credKey) === share);
         if (members.length > 1) this.opts.metrics.deduplicated.inc(members.length - 1);
+        this.opts.metrics.sharedFetches.inc({ result: 'shared' });
         const published = await Promise.all(members.map((m) => {
           this.noteTags(g.path, m.credKey, result);
           return this.deliver(this.groupOf(g.path, m.credKey), result, trigger, hash);
@@ -685,6 +687,7 @@ export class Dispatcher {
         if (revalidation) this.opts.metrics.revalidations.inc({ result: published.some((n) => n > 0) ? 'changed' : 'unchanged' });
       } else {
         const others = shares.dissolve(share).filter((m) => m !== chosen);
+        this.opts.metrics.sharedFetches.inc({ result: 'ended' });
         g.validators = undefined;
         const own = this.groupOf(g.path, chosen);
         this.noteTags(g.path, chosen, result);
