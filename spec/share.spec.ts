@@ -2,6 +2,8 @@ import { expect } from 'chai';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Counter } from 'prom-client';
 import { parseCacheControl, parseVary } from '../lib/engine/shared-fetch.js';
+import { loadConfig } from '../lib/protocol/config.js';
+import { ConfigError } from '../lib/protocol/errors.js';
 import type { Update, WatchResult } from '../lib/protocol/types.js';
 import { PROC_WATCH } from '../lib/protocol/uris.js';
 import { sleep, waitFor } from './helpers/env.js';
@@ -122,6 +124,20 @@ describe('one fetch for what the API says is shareable (contract 12)', function 
       expect(parseCacheControl('public,NO-STORE')).to.deep.include({ noStore: true });
       expect(parseCacheControl('publicity')).to.deep.include({ public: false });
       expect(parseCacheControl(undefined)).to.deep.include({ public: false });
+    });
+
+    it('WAYMARK_SHARE_PUBLIC: on by default, false turns it off, anything else names the setting', function () {
+      const api = { WAYMARK_API_URL: 'http://127.0.0.1:8000' };
+      expect(loadConfig(api).sharePublic).to.equal(true);
+      expect(loadConfig({ ...api, WAYMARK_SHARE_PUBLIC: 'false' }).sharePublic).to.equal(false);
+      let err: unknown;
+      try {
+        loadConfig({ ...api, WAYMARK_SHARE_PUBLIC: 'sometimes' });
+      } catch (e) {
+        err = e;
+      }
+      expect(err).to.be.instanceOf(ConfigError);
+      expect((err as ConfigError).setting).to.equal('WAYMARK_SHARE_PUBLIC');
     });
 
     it('Vary: names sorted, *, Authorization and Cookie turn sharing off', function () {
