@@ -28,13 +28,19 @@ const PUBLIC: Answer = { headers: { 'cache-control': 'public, max-age=60' }, sco
 class ShareApi {
   version = 1;
   answer: (token: string) => Answer = () => PUBLIC;
+  /** ms to hold the answer to a request with this X-Waymark */
+  delay: (reason: string) => number = () => 0;
   handler = (req: IncomingMessage, res: ServerResponse): void => {
     const token = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1] ?? '';
+    // decided when the request arrives, sent after the delay
     const a = this.answer(token);
     const body = a.scope === 'public'
       ? { scope: 'public', version: this.version, accept: req.headers.accept }
       : { scope: 'private', version: this.version, token };
-    res.writeHead(a.status ?? 200, { 'content-type': 'application/json', ...a.headers }).end(JSON.stringify(body));
+    const send = () => res.writeHead(a.status ?? 200, { 'content-type': 'application/json', ...a.headers }).end(JSON.stringify(body));
+    const ms = this.delay(String(req.headers['x-waymark'] ?? ''));
+    if (ms > 0) setTimeout(send, ms);
+    else send();
   };
 }
 
@@ -256,6 +262,27 @@ describe('one fetch for what the API says is shareable (contract 12)', function 
       expect(tokensFor(await bump(path, ws)), name).to.have.length(1);
       expectNoLeak(ws);
     }
+  });
+
+  it('a member whose own answer turns private while a shared fetch is in flight gets its own fetch for that bump, not the shared answer', async function () {
+    await start();
+    const ws = await watchers('/feed', [{ token: 'm0' }, { token: 'm1' }, { token: 'm2' }]);
+    // two shared bumps: the third is asked with m2's credentials (round robin)
+    await bump('/feed', ws);
+    await bump('/feed', ws);
+    model.answer = (token) => (token === 'm1' ? { headers: { 'cache-control': 'private' }, scope: 'private' } : PUBLIC);
+    model.delay = (reason) => (reason.startsWith('share-') ? 400 : 0);
+    model.version += 1;
+    const id = `share-${++bumps}`;
+    await wm!.bump(JSON.stringify({ path: '/feed', id }));
+    await waitFor('the shared request', () => tokensFor(id).length === 1);
+    // m1's credentials now get a private answer, by a snapshot of another watch of m1
+    const [late] = await watchers('/feed', [{ token: 'm1' }]);
+    await waitFor(`every watcher's Update of ${id}`, () => ws.every((w) => w.client.updates.some((u) => u.bump?.id === id)));
+    expect(tokensFor(id)).to.deep.equal(['m1', 'm2']);
+    expect(JSON.parse(last(ws[1]).body)).to.deep.equal({ scope: 'private', version: model.version, token: 'm1' });
+    for (const w of [ws[0], ws[2]]) expect(JSON.parse(last(w).body)).to.deep.include({ scope: 'public', version: model.version });
+    expectNoLeak([...ws, late]);
   });
 
   it('a revoked member gets its own 401 (on its turn), is suspended, and the others never see it', async function () {

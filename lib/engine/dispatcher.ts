@@ -666,7 +666,13 @@ export class Dispatcher {
       const result = await this.fetch(g.path, headers, trigger.reason, revalidate ? v : undefined, trigger.bump?.traceparent);
       const revalidation = trigger.reason === REVALIDATE;
       const vary = shareableVary(result);
+      // A member whose own answer meanwhile was not public (a snapshot of a new watch with its
+      // credentials) left the share: it gets its own fetch for this trigger, not this answer
+      // (unless it asked it: the chosen member of a dissolving share gets its own answer below).
+      const stayed = (m: { credKey: string }) => shares.shareOf(g.path, m.credKey) === share;
+      const leftMeanwhile = live.filter((m) => !stayed(m)).map((m) => m.credKey);
       if (result.status === 304 && revalidate) {
+        for (const m of leftMeanwhile) this.schedule(g.path, m, trigger);
         const fresh = usableValidators(result.validators);
         if (fresh) g.validators = { ...fresh, status: 200, bodyHash: v.bodyHash };
         this.opts.metrics.unchangedSkipped.inc(live.reduce((n, m) => n + m.watches.length, 0));
@@ -676,8 +682,8 @@ export class Dispatcher {
         const hash = bodyHash(result);
         const usable = this.opts.pushUnchanged ? undefined : usableValidators(result.validators);
         g.validators = usable ? { ...usable, status: 200, bodyHash: hash } : undefined;
-        // Only to groups still in the share: one whose own answer meanwhile was not public left it.
-        const members = live.filter((m) => shares.shareOf(g.path, m.credKey) === share);
+        for (const m of leftMeanwhile) this.schedule(g.path, m, trigger);
+        const members = live.filter(stayed);
         if (members.length > 1) this.opts.metrics.deduplicated.inc(members.length - 1);
         this.opts.metrics.sharedFetches.inc({ result: 'shared' });
         const published = await Promise.all(members.map((m) => {
@@ -686,7 +692,7 @@ export class Dispatcher {
         }));
         if (revalidation) this.opts.metrics.revalidations.inc({ result: published.some((n) => n > 0) ? 'changed' : 'unchanged' });
       } else {
-        const others = shares.dissolve(share).filter((m) => m !== chosen);
+        const others = [...shares.dissolve(share), ...leftMeanwhile].filter((m) => m !== chosen);
         this.opts.metrics.sharedFetches.inc({ result: 'ended' });
         g.validators = undefined;
         const own = this.groupOf(g.path, chosen);
