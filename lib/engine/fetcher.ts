@@ -291,6 +291,10 @@ export class UndiciFetcher implements Fetcher {
       result.validators = validators;
     }
     if (retryAfterMs !== undefined) result.retryAfterMs = retryAfterMs;
+    const cacheControl = raw['cache-control'];
+    if (cacheControl !== undefined) result.cacheControl = typeof cacheControl === 'string' ? cacheControl : cacheControl.join(', ');
+    const vary = raw.vary;
+    if (vary !== undefined) result.vary = typeof vary === 'string' ? vary : vary.join(', ');
     Object.assign(result, this.tags(raw));
     return result;
   }

@@ -144,10 +144,11 @@ export class Waymark {
       logger: this.logger.child({ module: 'dispatcher' }),
       concurrency: config.fetchConcurrency,
       pushUnchanged: config.pushUnchanged,
+      sharePublic: config.sharePublic,
       metrics: this.metrics,
       onEnded: (watches) => this.ended(watches),
     });
-    this.revalidator = new Revalidator({ onDue: (path, credKey) => this.dispatcher.revalidate(path, credKey) });
+    this.revalidator = new Revalidator({ onDue: (path, credKey, periodMs) => this.dispatcher.revalidate(path, credKey, periodMs) });
     this.registry.observe(this.revalidator);
     if (config.bumpSecret) {
       this.bumpEndpoint = new BumpEndpoint({
