@@ -1,18 +1,18 @@
 // `npm run bench`: every part real and in its own process (router, upstream API, component,
 // watcher sessions over several processes; Redis as it runs), each figure next to a baseline
 // measured in the same run, and the CPU each process used for it.
-import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import { writeFileSync, mkdirSync } from 'node:fs';
 import { relative } from 'node:path';
 import os from 'node:os';
 import autobahn from 'autobahn';
 import got from 'got';
-import { Redis } from 'ioredis';
-import { Pool } from 'undici';
-import { WAMP_SUBPROTOCOLS } from '../lib/protocol/uris.js';
+import type { Redis } from 'ioredis';
 import { createLogger } from '../lib/support/logger.js';
-import { cpuSeconds, here, nowMs, percentile, startComponent, stopProcess, Worker } from './procs.js';
+import { here, nowMs, percentile, Worker } from './procs.js';
+import { fanOut, latency } from './scenarios.js';
+import { ready, sleep, Stack, type StackOptions } from './stack.js';
+import { outageRows, requestsRows, throughputRows } from './throughput.js';
 
 // autobahn reports every close on the console.warn it bound when it loaded (so replacing
 // console.warn misses it), which lands in the middle of the table: its own hook goes to a quiet
@@ -32,6 +32,13 @@ const P: { fanout: number[]; dedupe: number[]; burst: number; latency: number; m
   ? { fanout: [1000], dedupe: [2000, 100], burst: 500, latency: 300, memory: [20_000, 200], fetch: 4000, repeats: 3, warmups: 2, watchers: 2 }
   : { fanout: [1000, 10_000], dedupe: [10_000, 100], burst: 1000, latency: 1000, memory: [100_000, 1000], fetch: 20_000, repeats: 9, warmups: 2, watchers: 4 };
 if (repeatsArg) P.repeats = Number(repeatsArg);
+// `--router-cost-us=N`: CPU the bench's router spends per delivered event in the second pass of
+// a., d. and i. (default: Crossbar 22.6.1 on CPython, 300-350 us per 1.2 KB event, ROUTERS.md); 0 skips it
+const ROUTER_COST_US = Number(process.argv.find((a) => a.startsWith('--router-cost-us='))?.slice(17) ?? 330);
+// throughput (i) sizes and probe length, requests-per-Update size (ii), outage (iii)
+const T = quick
+  ? { sizes: [500], probeMs: 1000, maxRate: 8, requests: 300, outage: { sessions: 100, perSession: 5, ms: 6_000 } }
+  : { sizes: [500, 1500, 3000], probeMs: 2000, maxRate: 64, requests: 1000, outage: { sessions: 1000, perSession: 10, ms: 30_000 } };
 
 interface Row { scenario: string; figure: string; value: number | string; baseline?: number | string; ratio?: number | string; target?: string; met?: boolean; cpu?: Record<string, number>; samples?: Record<string, number[]> }
 const rows: Row[] = [];
@@ -40,139 +47,28 @@ function log(line: string) {
   process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${line}\n`);
 }
 
-function ready(w: Worker): Promise<any> {
-  return new Promise((resolve) => { w.events.push((m) => { if (m?.ready) resolve(m); }); });
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 async function main() {
   const t0 = Date.now();
-  const ticket = randomBytes(16).toString('hex');
-  const channel = `bench-${randomBytes(4).toString('hex')}`;
-  log(`mode ${quick ? 'quick' : 'full'}; machine: ${os.cpus().length} x ${os.cpus()[0]?.model}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, node ${process.version}`);
+  log(`mode ${quick ? 'quick' : 'full'}; router cost of the second pass ${ROUTER_COST_US} us per delivered event; machine: ${os.cpus().length} x ${os.cpus()[0]?.model}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, node ${process.version}`);
 
-  const router = Worker.start('./router-proc.js', ['waymark', ticket]);
-  const { url: routerUrl } = await ready(router);
   const upstream = Worker.start('./upstream-proc.js');
   const { url: apiUrl } = await ready(upstream);
-  const adminPort = 20000 + Math.floor(Math.random() * 20000);
-  const component = await startComponent({
-    ...process.env,
-    WAYMARK_ROUTER_URL: routerUrl, WAYMARK_ROUTER_AUTHID: 'waymark', WAYMARK_ROUTER_TICKET: ticket,
-    WAYMARK_REDIS_URL: REDIS_URL, WAYMARK_BUMP_CHANNEL: channel, WAYMARK_API_URL: apiUrl,
-    WAYMARK_ADMIN_PORT: String(adminPort), WAYMARK_LOG_LEVEL: 'warn', WAYMARK_FETCH_TIMEOUT_MS: '60000',
-    WAYMARK_RATE_LIMIT: '1000000', WAYMARK_RATE_BURST: '1000000',
-    // g and h watch more paths from sessions that e filled to the default limit
-    WAYMARK_MAX_WATCHES_PER_SESSION: '100000',
-  }, adminPort);
-  log(`router ${routerUrl}, API ${apiUrl}, component pid ${component.pid}`);
-  const watchers = Array.from({ length: P.watchers }, () => Worker.start('./watchers-proc.js'));
-  await Promise.all(watchers.map(ready));
+  log(`API ${apiUrl}`);
+  const startStack = (o: Partial<StackOptions>) => Stack.start({ routerCostUs: 0, apiUrl, upstreamPid: upstream.pid, redisUrl: REDIS_URL, sessions: 1, watcherProcs: P.watchers, log, ...o });
 
-  const redis = new Redis(REDIS_URL);
-  const control = async (q: string) => (await fetch(`${apiUrl}/__control/${q}`)).json() as Promise<{ total: number; tokens: number; maxPerToken: number }>;
-  const procs = { router: router.pid, upstream: upstream.pid, component: component.pid };
-  const cpuNow = () => {
-    const c: Record<string, number> = {};
-    for (const [k, pid] of Object.entries(procs)) c[k] = cpuSeconds(pid);
-    c.watchers = watchers.reduce((n, w) => n + cpuSeconds(w.pid), 0);
-    c.bench = process.cpuUsage().user / 1e6 + process.cpuUsage().system / 1e6;
-    return c;
-  };
-  const cpuDelta = (a: Record<string, number>) => {
-    const b = cpuNow();
-    const d: Record<string, number> = {};
-    for (const k of Object.keys(b)) d[k] = Math.round((b[k] - a[k]) * 100) / 100;
-    return d;
-  };
-
-  // sessions: spread over the watcher processes; index i lives in watchers[i % W] at local i / W
-  const maxSessions = Math.max(runs('a') ? Math.max(...P.fanout) : 1, runs('b') ? P.dedupe[0] : 1, runs('c') ? P.burst : 1, runs('e') ? P.memory[1] : 1, runs('g') || runs('h') ? (quick ? 2000 : 10_000) : 1);
-  log(`connecting ${maxSessions} watcher sessions over ${P.watchers} processes`);
-  const perWorker = Array.from({ length: P.watchers }, (_, w) => Math.ceil((maxSessions - w) / P.watchers));
-  const conn = await Promise.all(watchers.map((w, i) => w.request({ cmd: 'connect', url: routerUrl, realm: 'realm1', count: perWorker[i] })));
-  const ids: number[] = [];
-  for (let i = 0; i < maxSessions; i++) ids.push(conn[i % P.watchers].ids[Math.floor(i / P.watchers)]);
-  log(`connected in ${Math.round(Math.max(...conn.map((c) => c.ms)))} ms`);
-
-  const watchAll = async (n: number, path: (i: number) => string, token: (i: number) => string) => {
-    const specs: Array<Array<[number, string, string]>> = watchers.map(() => []);
-    for (let i = 0; i < n; i++) specs[i % P.watchers].push([Math.floor(i / P.watchers), path(i), token(i)]);
-    const r = await Promise.all(watchers.map((w, k) => w.request({ cmd: 'watch', specs: specs[k] })));
-    const errors = r.reduce((s, x) => s + x.errors, 0);
-    if (errors) throw new Error(`${errors} watch calls failed`);
-    return Math.max(...r.map((x) => x.ms));
-  };
-  const reset = () => Promise.all(watchers.map((w) => w.request({ cmd: 'reset' })));
-  const stats = async () => {
-    const r = await Promise.all(watchers.map((w) => w.request({ cmd: 'stats' })));
-    return { received: r.reduce((s, x) => s + x.received, 0), lastAt: Math.max(...r.map((x) => x.lastAt)) };
-  };
-  const waitReceived = async (n: number, timeoutMs = 120_000) => {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const s = await stats();
-      if (s.received >= n) return s;
-      if (Date.now() > deadline) throw new Error(`only ${s.received} of ${n} updates arrived`);
-      await sleep(s.received > n * 0.9 ? 5 : 25);
-    }
-  };
-
-  // A backend session for the baselines: publishes exactly what Waymark would, with eligible.
-  const backend = await new Promise<autobahn.Session>((resolve, reject) => {
-    const c = new autobahn.Connection({ url: routerUrl, realm: 'realm1', protocols: WAMP_SUBPROTOCOLS, authmethods: ['ticket'], authid: 'waymark', onchallenge: () => ticket, max_retries: 0 });
-    c.onopen = resolve;
-    c.onclose = (r) => { reject(new Error(r)); return true; };
-    c.open();
-  });
-  const pool = new Pool(apiUrl, { connections: 64 });
-  const bareFetchPublish = async (n: number, path: string, token: (i: number) => string) => {
-    let next = 0;
-    await Promise.all(Array.from({ length: 64 }, async () => {
-      while (next < n) {
-        const i = next++;
-        const res = await pool.request({ method: 'GET', path, headers: { authorization: `Bearer ${token(i)}`, 'x-waymark': 'baseline' } });
-        const body = await res.body.text();
-        await backend.publish(`waymark.session.${ids[i]}`, [{ watch: 'baseline', path, status: res.statusCode, headers: { 'content-type': 'application/json' }, body, encoding: 'utf8', bump: null, fetchedAt: Date.now() }], {}, { acknowledge: true, eligible: [ids[i]] });
-      }
-    }));
-  };
+  // First pass: the router as cheap as fox-wamp is; every scenario.
+  const maxSessions = Math.max(runs('a') ? Math.max(...P.fanout) : 1, runs('b') ? P.dedupe[0] : 1, runs('c') ? P.burst : 1, runs('e') ? P.memory[1] : 1, runs('i') ? Math.max(...T.sizes) : 1, runs('ii') ? T.requests : 1, runs('g') || runs('h') ? (quick ? 2000 : 10_000) : 1);
+  const stack = await startStack({ sessions: maxSessions });
+  const { watchers, channel, redis, adminPort, pool } = stack;
+  const control = (q: string) => stack.control(q);
+  const cpuNow = () => stack.cpuNow();
+  const cpuDelta = (a: Record<string, number>) => stack.cpuDelta(a);
+  const watchAll = (n: number, path: (i: number) => string, token: (i: number) => string) => stack.watchAll(n, path, token);
+  const reset = () => stack.reset();
+  const waitReceived = (n: number, timeoutMs?: number) => stack.waitReceived(n, timeoutMs);
 
   // a. fan-out
-  for (const n of runs('a') ? P.fanout : []) {
-    const path = `/fan/${n}`;
-    log(`a. fan-out to ${n}: watching`);
-    await watchAll(n, () => path, (i) => `fan-${n}-${i}`);
-    const wm: number[] = [];
-    const base: number[] = [];
-    let cpuW: Record<string, number> = {};
-    let cpuB: Record<string, number> = {};
-    // Untimed warm-up rounds of both paths first: the JIT and the connection pools settle, so the
-    // ratio compares steady states rather than whichever code V8 optimised first.
-    for (let r = -P.warmups; r < P.repeats; r++) {
-      await control(`version?v=fan-${r}`);
-      await reset();
-      let c = cpuNow();
-      let start = nowMs();
-      await redis.publish(channel, path);
-      let s = await waitReceived(n);
-      if (r >= 0) wm.push(s.lastAt - start);
-      cpuW = cpuDelta(c);
-      await reset();
-      c = cpuNow();
-      start = nowMs();
-      await bareFetchPublish(n, path, (i) => `fan-${n}-${i}`);
-      s = await waitReceived(n);
-      if (r >= 0) base.push(s.lastAt - start);
-      cpuB = cpuDelta(c);
-    }
-    const w = percentile([...wm].sort((x, y) => x - y), 50);
-    const b = percentile([...base].sort((x, y) => x - y), 50);
-    rows.push({ scenario: `a. fan-out N=${n}`, figure: 'PUBLISH -> last Update (ms, median)', value: Math.round(w), baseline: Math.round(b), ratio: +(w / b).toFixed(2), target: '<= 1.3', met: w / b <= 1.3, cpu: cpuW, samples: { waymark: wm.map(Math.round), baseline: base.map(Math.round) } });
-    rows.push({ scenario: `a. fan-out N=${n} baseline`, figure: 'bare GETs + publishes (ms)', value: Math.round(b), cpu: cpuB });
-    log(`a. fan-out N=${n}: waymark ${Math.round(w)} ms, baseline ${Math.round(b)} ms`);
-  }
+  for (const n of runs('a') ? P.fanout : []) rows.push(...await fanOut(stack, n, P.repeats, P.warmups));
 
   // b. dedupe
   if (runs('b')) {
@@ -227,55 +123,7 @@ async function main() {
   }
 
   // d. latency
-  if (runs('d')) {
-    const n = P.latency;
-    log(`d. latency: ${n} sequential bumps to one watch`);
-    const sub = new Redis(REDIS_URL);
-    const probe = `${channel}-probe`;
-    await sub.subscribe(probe);
-    await watchAll(1, () => '/latency', () => 'lat');
-    const w0 = watchers[0];
-    await w0.request({ cmd: 'stream', on: true });
-    const arrivals: number[] = [];
-    let waiter: (() => void) | undefined;
-    w0.events.push((m) => { if (m?.ev === 'update') { arrivals.push(m.at); waiter?.(); } });
-    const next = () => new Promise<number>((resolve) => {
-      const have = arrivals.length;
-      waiter = () => { if (arrivals.length > have) { waiter = undefined; resolve(arrivals[arrivals.length - 1]); } };
-    });
-    const wm: number[] = [];
-    let c = cpuNow();
-    for (let i = 0; i < n; i++) {
-      await control(`version?v=lat-${i}`);
-      const arrived = next();
-      const start = nowMs();
-      await redis.publish(channel, '/latency');
-      wm.push((await arrived) - start);
-    }
-    const cpuW = cpuDelta(c);
-    // the bare hops, chained the same way: Redis pub/sub, one GET, one WAMP publish
-    const base: number[] = [];
-    c = cpuNow();
-    for (let i = 0; i < n; i++) {
-      const arrived = next();
-      const start = nowMs();
-      const got1 = new Promise<void>((resolve) => sub.once('message', () => resolve()));
-      await redis.publish(probe, '/latency');
-      await got1;
-      const res = await pool.request({ method: 'GET', path: '/latency', headers: { authorization: 'Bearer lat' } });
-      const body = await res.body.text();
-      await backend.publish(`waymark.session.${ids[0]}`, [{ watch: 'baseline', path: '/latency', status: 200, headers: {}, body, encoding: 'utf8', bump: null, fetchedAt: Date.now() }], {}, { acknowledge: true, eligible: [ids[0]] });
-      base.push((await arrived) - start);
-    }
-    const cpuB = cpuDelta(c);
-    await w0.request({ cmd: 'stream', on: false });
-    await sub.quit();
-    wm.sort((x, y) => x - y);
-    base.sort((x, y) => x - y);
-    const over = percentile(wm, 50) - percentile(base, 50);
-    rows.push({ scenario: `d. latency, ${n} sequential bumps`, figure: 'p50 / p99 PUBLISH -> Update (ms)', value: `${percentile(wm, 50).toFixed(2)} / ${percentile(wm, 99).toFixed(2)}`, baseline: `${percentile(base, 50).toFixed(2)} / ${percentile(base, 99).toFixed(2)}`, cpu: cpuW });
-    rows.push({ scenario: 'd. latency', figure: 'p50 overhead over the bare hops (ms)', value: +over.toFixed(2), target: '<= 1', met: over <= 1, cpu: cpuB });
-  }
+  if (runs('d')) rows.push(...await latency(stack, P.latency, REDIS_URL));
 
   // e. memory and RPC rate
   if (runs('e')) {
@@ -336,17 +184,28 @@ async function main() {
     agent.destroy();
   }
 
-  const ctx: Ctx = { watchers, control, reset, waitReceived, watchAll, cpuNow, cpuDelta, channel, redis, sessions: ids.length, component: component.pid! };
+  // i. and ii. before h.: h's watches revalidate all along, and would answer 200s to the API
+  // versions i. and ii. set
+  if (runs('i')) rows.push(...await throughputRows(stack, T.sizes, T.probeMs, T.maxRate));
+  if (runs('ii')) rows.push(...await requestsRows(stack, T.requests));
+
+  const ctx: Ctx = { watchers, control, reset, waitReceived, watchAll, cpuNow, cpuDelta, channel, redis, sessions: stack.ids.length, component: stack.component.pid! };
   if (runs('g')) await tagBumpScenario(ctx);
   if (runs('h')) await revalidationScenario(ctx);
+  await stack.stop();
 
-  await pool.close();
-  await Promise.all(watchers.map((w) => w.request({ cmd: 'close' }).catch(() => undefined)));
-  await Promise.all(watchers.map((w) => w.stop()));
-  await stopProcess(component);
+  // Second pass: the router spends what Crossbar spends per delivered event.
+  if (ROUTER_COST_US > 0 && (runs('a') || runs('d') || runs('i'))) {
+    const costly = await startStack({ routerCostUs: ROUTER_COST_US, sessions: Math.max(runs('a') ? Math.max(...P.fanout) : 1, runs('i') ? Math.max(...T.sizes) : 1) });
+    for (const n of runs('a') ? P.fanout : []) rows.push(...await fanOut(costly, n, P.repeats, P.warmups));
+    if (runs('d')) rows.push(...await latency(costly, P.latency, REDIS_URL));
+    if (runs('i')) rows.push(...await throughputRows(costly, T.sizes, T.probeMs, T.maxRate));
+    await costly.stop();
+  }
+
+  // Redis outage: a stack of its own, its component reaching Redis through a fault proxy.
+  if (runs('iii')) rows.push(...await outageRows(startStack, REDIS_URL, T.outage.sessions, T.outage.perSession, T.outage.ms));
   await upstream.stop();
-  await router.stop();
-  await redis.quit();
 
   const machine = `${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, node ${process.version}, ${os.platform()} ${os.release()}`;
   const table = [

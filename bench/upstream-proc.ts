@@ -24,6 +24,11 @@ const server = createServer((req, res) => {
   if (!token) { res.writeHead(401).end(); return; }
   total += 1;
   perToken.set(token, (perToken.get(token) ?? 0) + 1);
+  // /pub/...: the same answer for every credential, marked shareable (contract section 12)
+  if (url.startsWith('/pub/')) {
+    res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'public, max-age=60' }).end(JSON.stringify({ path: url, version, pad }));
+    return;
+  }
   const extra: Record<string, string> = {};
   // g: tagged paths, so one tag bump reaches all of them; h: validators, so revalidations can be 304
   if (url.startsWith('/tg/')) extra['waymark-tags'] = `tg-all tg-${url.slice(4)}`;

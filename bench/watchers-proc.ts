@@ -6,15 +6,23 @@ import { nowMs } from './procs.js';
 
 console.warn = () => undefined; // autobahn reports every close
 
-interface S { connection: autobahn.Connection; session: autobahn.Session; lastBody?: string; count: number }
+interface S { connection: autobahn.Connection; session: autobahn.Session; lastBody?: string; count: number; index: number; lastByPath?: Map<string, string> }
 const sessions: S[] = [];
+// Throughput and convergence rows: what arrived on the paths under `track.prefix`, per session.
+const track = { prefix: '', at: [] as number[], session: [] as number[], version: [] as string[], last: false };
+const VERSION = /"version":"([^"]*)"/;
 let received = 0;
 let firstAt = 0;
 let lastAt = 0;
 let stream = false;
 
-function onUpdate(s: S, update: { body?: string; bump?: { id: string } | null }) {
+function onUpdate(s: S, update: { path?: string; body?: string; bump?: { id: string } | null }) {
   const at = nowMs();
+  if (track.prefix && update?.path?.startsWith(track.prefix)) {
+    const version = VERSION.exec(update.body ?? '')?.[1] ?? '';
+    if (track.last) (s.lastByPath ??= new Map()).set(update.path, version);
+    else { track.at.push(at); track.session.push(s.index); track.version.push(version); }
+  }
   received += 1;
   if (!firstAt) firstAt = at;
   lastAt = at;
@@ -30,7 +38,7 @@ function open(url: string, realm: string, auth?: { authid: string; ticket: strin
       ...(auth ? { authmethods: ['ticket'], authid: auth.authid, onchallenge: () => auth.ticket } : {}),
     });
     connection.onopen = (session) => {
-      const s: S = { connection, session, count: 0 };
+      const s: S = { connection, session, count: 0, index: -1 };
       session.subscribe(`waymark.session.${session.id}`, (args) => onUpdate(s, args?.[0])).then(() => resolve(s), reject);
     };
     connection.onclose = (reason) => { reject(new Error(`join failed: ${reason}`)); return true; };
@@ -57,7 +65,7 @@ process.on('message', async (msg: any) => {
       case 'connect': {
         const t0 = nowMs();
         const idx = Array.from({ length: msg.count }, (_, i) => i);
-        await pool(idx, 50, async () => { sessions.push(await open(msg.url, msg.realm)); });
+        await pool(idx, 50, async () => { const s = await open(msg.url, msg.realm); s.index = sessions.length; sessions.push(s); });
         reply({ sessions: sessions.length, ids: sessions.map((s) => s.session.id), ms: nowMs() - t0 });
         break;
       }
@@ -84,6 +92,53 @@ process.on('message', async (msg: any) => {
           try { if (s.lastBody && JSON.parse(s.lastBody).version === msg.version) atFinal += 1; } catch { /* not JSON */ }
         }
         reply({ atFinal, sessions: sessions.length });
+        break;
+      }
+      case 'track':
+        // {prefix, last}: record arrivals on paths under prefix (last: only each path's last version)
+        track.prefix = msg.prefix ?? '';
+        track.last = !!msg.last;
+        track.at = []; track.session = []; track.version = [];
+        for (const s of sessions) s.lastByPath = undefined;
+        reply({});
+        break;
+      case 'probe': {
+        // {versions: [v0, v1, ...], times: [t0, ...], sessions: n}: for local sessions 0..n-1 and
+        // bump j (API at versions[j] since times[j]): `strict` latencies of the Update carrying
+        // exactly versions[j], `state` latencies of the first Update at versions[j] or a later one.
+        const versions = msg.versions as string[];
+        const times = msg.times as number[];
+        const n = msg.sessions as number;
+        const index = new Map(versions.map((v, j) => [v, j]));
+        const firstOf: Float64Array[] = Array.from({ length: n }, () => new Float64Array(versions.length).fill(Infinity));
+        let updates = 0;
+        for (let k = 0; k < track.at.length; k++) {
+          const j = index.get(track.version[k]);
+          const si = track.session[k];
+          if (j === undefined || si >= n) continue;
+          updates += 1;
+          if (track.at[k] < firstOf[si][j]) firstOf[si][j] = track.at[k];
+        }
+        const strict: number[] = [];
+        const state: number[] = [];
+        let missing = 0;
+        let stale = 0;
+        for (let si = 0; si < n; si++) {
+          let later = Infinity; // first arrival of version j or any later one
+          for (let j = versions.length - 1; j >= 0; j--) {
+            later = Math.min(later, firstOf[si][j]);
+            if (firstOf[si][j] < Infinity) strict.push(firstOf[si][j] - times[j]); else missing += 1;
+            if (later < Infinity) state.push(later - times[j]); else stale += 1;
+          }
+        }
+        reply({ strict, state, missing, stale, updates });
+        break;
+      }
+      case 'converged': {
+        // {version, paths}: (session, path) pairs under the tracked prefix whose last Update is at version
+        let at = 0;
+        for (const s of sessions) for (const v of s.lastByPath?.values() ?? []) if (v === msg.version) at += 1;
+        reply({ at });
         break;
       }
       case 'stream':

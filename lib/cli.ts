@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import autobahn from 'autobahn';
+import { MAX_PATHS_PER_BUMP } from './bumps/bump-source.js';
 import { bumperOptions, createBumper } from './bumps/bumper.js';
 import { createWaymark } from './wamp/component.js';
 import { loadBumpTarget, loadConfig, loadRouterTarget, type RedisTarget, type WaymarkConfig } from './protocol/config.js';
@@ -51,7 +52,9 @@ Options:
   watch: `Usage: waymark watch <path> [--token T] [--header K:V]... [--snapshot] [--count N]
 
 Joins the router (WAYMARK_ROUTER_URL, WAYMARK_REALM) as an anonymous browser would, watches
-<path> and prints every Update on stdout as one JSON line, until interrupted.
+<path> and prints every Update on stdout as one JSON line, until interrupted. Exit code 2 when
+Waymark refuses the path, token or a header; 1 when the router cannot be reached or the
+connection to it is lost (it does not reconnect: waymark/client does, for programs).
 
 Options:
   --token T      bearer token sent upstream on your behalf
@@ -76,7 +79,7 @@ Options:
   --prefix P     a path prefix to bump (repeatable)
   --tag T        a tag to bump (repeatable)
   --id ID        bump id passed to the API as X-Waymark (default: Waymark makes one)`,
-  doctor: `Usage: waymark doctor [--timeout-ms N]
+  doctor: `Usage: waymark doctor [--timeout-ms N] [--listen-ms N]
 
 Checks, with the same WAYMARK_* settings 'waymark serve' reads, one line each:
   router          WAYMARK_ROUTER_URL accepts a WAMP WebSocket
@@ -115,6 +118,9 @@ export interface CliIO {
 }
 
 class UsageError extends Error {}
+
+/** Contract errors that say the command line itself was wrong (exit 2, like a bad option). */
+const USAGE_ERRORS = ['waymark.error.invalid_path', 'waymark.error.invalid_argument', 'waymark.error.header_not_allowed'];
 
 type Options = NonNullable<ParseArgsConfig['options']>;
 
@@ -355,7 +361,7 @@ async function dev(argv: string[], io: CliIO): Promise<number> {
         logger: logger.child({ module: 'router' }),
       });
     } catch (err) {
-      throw new ConfigError('WAYMARK_ROUTER_URL', `cannot listen on ${routerUrl.host} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+      throw new ConfigError('WAYMARK_ROUTER_URL', `cannot listen on ${routerUrl.host} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); set WAYMARK_ROUTER_URL to a free port, e.g. ws://127.0.0.1:8090/ws`);
     }
     cleanup.push(() => router.close());
     let apiUrl = io.env.WAYMARK_API_URL;
@@ -470,7 +476,9 @@ async function watch(argv: string[], io: CliIO): Promise<number> {
         if (result.snapshot) print(result.snapshot);
       } catch (err) {
         const e = err as { error?: string; args?: unknown[]; message?: string };
-        finish(1, e.error ? `${e.error}: ${String(e.args?.[0] ?? '')}` : e.message ?? String(err));
+        // Waymark refusing the request itself (a bad path, token or header) is a usage error
+        const usage = e.error !== undefined && USAGE_ERRORS.includes(e.error);
+        finish(usage ? 2 : 1, e.error ? `${e.error}: ${String(e.args?.[0] ?? '')}` : e.message ?? String(err));
       }
     };
     connection.onclose = (reason, details) => {
@@ -554,6 +562,11 @@ async function bump(argv: string[], io: CliIO): Promise<number> {
   const bad = [...positionals, ...prefixes].find((p) => { try { validatePath(p, DEFAULTS.maxPathBytes); return false; } catch { return true; } })
     ?? tags.find((t) => !isValidTag(t));
   if (bad !== undefined) throw new UsageError(`not a valid ${tags.includes(bad) ? 'tag' : 'path'}: ${JSON.stringify(bad)}`);
+  // Waymark drops every entry past MAX_PATHS_PER_BUMP with only a warning in its own log.
+  const entries = positionals.length + prefixes.length + tags.length;
+  if (entries > MAX_PATHS_PER_BUMP) {
+    throw new UsageError(`at most ${MAX_PATHS_PER_BUMP} paths, prefixes and tags in one bump (Waymark drops the rest), got ${entries}; run it once per ${MAX_PATHS_PER_BUMP}`);
+  }
   const target = loadBumpTarget(io.env);
   const redis = await connectRedisOnce(target);
   const bumper = createBumper({ ...bumperOptions(target), redis });

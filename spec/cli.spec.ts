@@ -41,6 +41,8 @@ describe('command line', function () {
     ['a value given to a flag', ['watch', '/users/1', '--snapshot=yes'], {}, /^waymark watch: --snapshot takes no value; /],
     ['an argument a command does not take', ['doctor', 'now'], {}, /^waymark doctor: takes no arguments, got "now"; /],
     ['a bump path without its slash', ['bump', 'users/1'], {}, /^waymark bump: a path starts with \/, got "users\/1"$/],
+    ['a bump path Waymark would drop', ['bump', '/users/1', '/users/%2e%2e'], {}, /^waymark bump: not a valid path: "\/users\/%2e%2e"$/],
+    ['more bump paths than one bump carries', ['bump', ...Array.from({ length: 1000 }, (_, i) => `/u/${i}`), '--tag', 't'], {}, /^waymark bump: at most 1000 paths, prefixes and tags in one bump \(Waymark drops the rest\), got 1001; /],
     ['a mistyped command', ['wtach', '/users/1'], {}, /^waymark: unknown command "wtach" \(did you mean watch\?\); the commands are serve, dev, watch, bump, doctor, demo-api/],
     ['watch with a router URL that is no URL', ['watch', '/users/1'], { WAYMARK_ROUTER_URL: 'notaurl' }, /^waymark watch: WAYMARK_ROUTER_URL: must be a ws:\/\/ or wss:\/\/ URL, got "notaurl"$/],
     ['watch with an http router URL', ['watch', '/users/1'], { WAYMARK_ROUTER_URL: 'http://127.0.0.1:8080/ws' }, /^waymark watch: WAYMARK_ROUTER_URL: must be a ws:\/\/ or wss:\/\/ URL/],
@@ -50,7 +52,7 @@ describe('command line', function () {
     ['doctor with a bad number setting', ['doctor'], { WAYMARK_FETCH_TIMEOUT_MS: '-1' }, /^waymark doctor: WAYMARK_FETCH_TIMEOUT_MS: must be a whole number/],
   ];
   for (const [what, args, env, expected] of usageErrors) {
-    it(`${what}: one line, exit 2 (waymark ${args.join(' ')})`, async function () {
+    it(`${what}: one line, exit 2 (waymark ${args.length > 8 ? `${args.slice(0, 3).join(' ')} ... (${args.length} arguments)` : args.join(' ')})`, async function () {
       const p = run(args, cleanEnv(env));
       expect(await p.exited, p.stderr).to.equal(2);
       expect(p.stderr.trim().split('\n'), p.stderr).to.have.length(1);
@@ -122,8 +124,13 @@ describe('command line', function () {
       const gap = Date.parse(attempts[i].timestamp) - Date.parse(attempts[i - 1].timestamp);
       expect(gap, shown.join('; ')).to.be.at.least(attempts[i - 1].retryInSeconds * 1000 - 50);
     }
-    // 0.5 s, then x1.5 per attempt (autobahn's 10 % jitter on top), as the README states
-    attempts.forEach((a, i) => expect(a.retryInSeconds, shown.join('; ')).to.be.within(0.5 * 1.5 ** i * 0.6, 0.5 * 1.5 ** i * 1.4));
+    // 0.5 s, then x1.5 per attempt, as the docs state. autobahn jitters each step by a Gaussian
+    // of 10 % SD applied to the delay so far, so the jitter compounds: check the first delay and
+    // each step's ratio (two steps per attempt, the old bug, would be x2.25).
+    expect(attempts[0].retryInSeconds, shown.join('; ')).to.be.within(0.5 * 0.6, 0.5 * 1.4);
+    for (let i = 1; i < attempts.length; i++) {
+      expect(attempts[i].retryInSeconds / attempts[i - 1].retryInSeconds, shown.join('; ')).to.be.within(1.5 * 0.6, 1.5 * 1.4);
+    }
     p.kill('SIGTERM');
     expect(await p.exited).to.equal(0);
   });
@@ -323,12 +330,12 @@ describe('command line', function () {
     }
   });
 
-  it('watch reports a contract error and exits 1', async function () {
+  it('watch reports a refused path as a usage error: one line, exit 2 (as bump does)', async function () {
     const api = await new Upstream().start();
     const wm = await startWaymark(api.url);
     try {
       const p = run(['watch', '//evil.test/x'], cleanEnv({ WAYMARK_ROUTER_URL: testEnv.routerUrl, WAYMARK_REALM: testEnv.realm }));
-      expect(await p.exited).to.equal(1);
+      expect(await p.exited).to.equal(2);
       expect(p.stderr).to.match(/^waymark watch: waymark\.error\.invalid_path: /);
       expect(api.requests).to.have.length(0);
     } finally {

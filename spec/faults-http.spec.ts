@@ -59,6 +59,12 @@ describe('faults: HTTP answers', function () {
     '/gzip-1001': ok(gzipSync('a'.repeat(1001)), ['content-type', 'text/plain'], ['content-encoding', 'gzip']),
     '/gzip-corrupt': ok(Buffer.from('this is not gzip at all'), ['content-type', 'application/json'], ['content-encoding', 'gzip']),
     '/gzip-truncated': ok(gzipSync(json).subarray(0, 12), ['content-type', 'application/json'], ['content-encoding', 'gzip']),
+    // bytes after the last member (PHP's newline after ob_gzhandler output): browsers ignore them
+    '/gzip-trailing-newline': ok(Buffer.concat([gzipSync(json), Buffer.from('\n')]), ['content-type', 'application/json'], ['content-encoding', 'gzip']),
+    '/gzip-trailing-text': ok(Buffer.concat([gzipSync(json.slice(0, 5)), gzipSync(json.slice(5)), Buffer.from('\r\n<!-- 0.2 ms -->\r\n')]), ['content-type', 'application/json'], ['content-encoding', 'x-gzip']),
+    // ...but a whole member is still checked: a bad CRC, or a second member that is broken
+    '/gzip-bad-crc-trailing': ok(Buffer.concat([gzipSync(json).map((b, i, a) => (i === a.length - 8 ? b ^ 1 : b)), Buffer.from('\n')]), ['content-type', 'application/json'], ['content-encoding', 'gzip']),
+    '/gzip-broken-second-member': ok(Buffer.concat([gzipSync(json), gzipSync(json).subarray(0, 14)]), ['content-type', 'application/json'], ['content-encoding', 'gzip']),
     '/br-corrupt': ok(Buffer.from('not brotli, not at all'), ['content-type', 'application/json'], ['content-encoding', 'br']),
     '/zstd': ok(Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3]), ['content-type', 'application/json'], ['content-encoding', 'zstd']),
     '/gzip-then-compress': ok(Buffer.from([0x1f, 0x9d, 9, 9]), ['content-type', 'application/json'], ['content-encoding', 'gzip, compress']),
@@ -141,7 +147,7 @@ describe('faults: HTTP answers', function () {
       expect(JSON.parse(r.body)['accept-encoding']).to.equal('gzip, deflate, br');
     });
 
-    for (const path of ['/gzip', '/x-gzip', '/deflate-zlib', '/deflate-raw', '/br', '/gzip-then-br', '/gzip-then-br-lines', '/gzip-identity']) {
+    for (const path of ['/gzip', '/x-gzip', '/deflate-zlib', '/deflate-raw', '/br', '/gzip-then-br', '/gzip-then-br-lines', '/gzip-identity', '/gzip-trailing-newline', '/gzip-trailing-text']) {
       it(`decodes ${path.slice(1)} to the JSON text, without content-encoding or content-length`, async function () {
         const r = await get(fetcher, path);
         expect(r).to.deep.include({ status: 200, body: json, encoding: 'utf8' });
@@ -193,7 +199,7 @@ describe('faults: HTTP answers', function () {
       expect(b.error?.code).to.equal('too_large');
     });
 
-    for (const path of ['/gzip-corrupt', '/gzip-truncated', '/br-corrupt']) {
+    for (const path of ['/gzip-corrupt', '/gzip-truncated', '/br-corrupt', '/gzip-bad-crc-trailing', '/gzip-broken-second-member']) {
       it(`${path.slice(1)}: invalid_response with the upstream status, no body, no crash`, async function () {
         const r = await get(fetcher, path);
         expect(r).to.deep.include({ status: 200, body: '' });

@@ -25,6 +25,9 @@ describe('undici fetcher', function () {
           res.write('x');
         }, 100);
         res.on('close', () => clearInterval(t));
+      } else if (req.url?.startsWith('/retry-after?')) {
+        const value = decodeURIComponent(req.url.slice('/retry-after?'.length));
+        res.writeHead(429, { date: 'Sun, 06 Nov 1994 08:49:37 GMT', 'retry-after': value }).end();
       } else if (req.url === '/big-chunked') {
         res.writeHead(200, { 'content-type': 'text/plain' });
         res.write(Buffer.alloc(600, 'a'));
@@ -65,6 +68,22 @@ describe('undici fetcher', function () {
     expect(r.status).to.equal(200);
     expect(r.error?.code).to.equal('too_large');
     expect(r.body).to.equal('');
+  });
+
+  it('reads Retry-After as delay-seconds or an HTTP-date only (RFC 9110 10.2.3), ignoring anything else', async function () {
+    // against the response's Date, Sun, 06 Nov 1994 08:49:37 GMT
+    const cases: Array<[string, number | undefined]> = [
+      ['120', 120_000], [' 2 ', 2_000], ['0', 0],
+      ['Sun, 06 Nov 1994 08:50:37 GMT', 60_000], ['Sunday, 06-Nov-94 08:49:47 GMT', 10_000], ['Sun Nov  6 08:49:57 1994', 20_000],
+      ['Sun, 06 Nov 1994 08:40:37 GMT', 0],
+      // Date.parse reads these as dates (years 2030, 2001): a garbage value must not pause anything
+      ['soon 2030', undefined], ['2030-01-01', undefined], ['-5', undefined], ['1.5', undefined], ['2, 3', undefined], ['+5', undefined],
+    ];
+    for (const [value, ms] of cases) {
+      const r = await fetcher.fetch({ path: `/retry-after?${encodeURIComponent(value)}`, headers: {}, reason: 'spec' });
+      expect(r.status, value).to.equal(429);
+      expect(r.retryAfterMs, value).to.equal(ms);
+    }
   });
 
   it('keeps serving after timeouts: both connections come back', async function () {

@@ -475,6 +475,13 @@ describe('freshness without listing every URL (contract 11)', function () {
         expect(await bumper.bump({ tags: ['user:1'] }, { id: 'helper-tag' })).to.equal(1);
         expect(await bumper.bump({ prefixes: ['/proj/7'] }, { id: 'helper-prefix' })).to.equal(1);
         await waitFor('both', () => fetchedFor('helper-tag').length === 1 && fetchedFor('helper-prefix').length === 1);
+        // what Waymark would drop is refused before anything is published
+        const refused = async (f: () => Promise<number>) => { try { await f(); return 'published'; } catch (err) { return (err as Error).message; } };
+        expect(await refused(() => bumper.bump('/u/1', { id: 'x'.repeat(201) }))).to.match(/^bump refused: id must be/);
+        expect(await refused(() => bumper.bump(Array.from({ length: 1001 }, (_, i) => `/p/${i}`)))).to.match(/^bump refused: more than 1000/);
+        expect(await refused(() => bumper.bump({ paths: ['/ok', '/../admin'] }))).to.match(/^bump refused: /);
+        expect(await refused(() => bumper.bump({ tags: ['a b'] }))).to.match(/^bump refused: /);
+        expect(await refused(() => bumper.bump([`/${'a'.repeat(40_000)}`, `/${'b'.repeat(40_000)}`]))).to.match(/^bump refused: message is over 65536 bytes/);
       } finally {
         await bumper.close();
       }

@@ -60,6 +60,8 @@ describe('security', function () {
         ['/%e0%80%ae%e0%80%ae/admin', P], ['/%c1%9c/admin', P], ['/%25u002e%25u002e/admin', P], ['/..%252f/admin', P],
         ['/%25ff%252f../admin', P], ['/a;/../admin', P], ['/a;x=1/../admin', P], ['/a/..;/..;/admin', P], ['/a/;x/b', P],
         ['/;/admin', P], ['/..%20/admin', P], ['/..%20;/admin', P], ['/%2e%2e%3f/admin', P], ['/..%23/admin', P],
+        ['/..%20./admin', P], ['/...%20/admin', P], ['/.../admin', P], ['/%EF%BC%8E%EF%BC%8E/admin', P], ['/%E2%80%A5/admin', P],
+        ['/..%EF%BC%8Fadmin', P],
         ['/a/.;x/b', P], [`/..;/..;/${evilHost}`, P],
       ];
       const cases: Array<[string, unknown[], string]> = paths.map(([p, uri]) => [`path ${JSON.stringify(p).slice(0, 60)}`, [p], uri]);

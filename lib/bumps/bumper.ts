@@ -1,6 +1,7 @@
 import { DEFAULTS, redisTarget, type BumpTarget } from '../protocol/config.js';
 import { waitAtMost, withDeadline } from '../support/deadline.js';
 import { createRedis, type RedisClient } from '../support/redis.js';
+import { parseBumpMessage } from './bump-source.js';
 
 export interface BumperOptions {
   /**
@@ -55,7 +56,9 @@ export interface Bumper {
    * Publish one bump: a path, several paths, or `{ paths?, prefixes?, tags? }`. Pub/sub: resolves
    * with the number of Waymark subscribers that got it. Stream mode: resolves with 1 once the
    * entry is stored (every reader reads it, now or after an outage). Throws a TypeError for
-   * nothing to bump or an entry that is not a string (paths and prefixes must start with `/`).
+   * nothing to bump, an entry that is not a string (paths and prefixes must start with `/`), and
+   * anything Waymark would drop: a path, prefix or tag its grammar refuses, more than 1,000
+   * entries, an id over 200 characters or with control characters, a message over 64 KiB.
    */
   bump(target: string | string[] | BumpTargets, opts?: BumpOptions): Promise<number>;
   close(): Promise<void>;
@@ -106,6 +109,11 @@ export function createBumper(opts: BumperOptions = {}): Bumper {
         : JSON.stringify(paths.length === 1 && prefixes.length + tags.length === 0
           ? { path: paths[0], ...extra }
           : { ...(paths.length ? { paths } : {}), ...(prefixes.length ? { prefixes } : {}), ...(tags.length ? { tags } : {}), ...extra });
+      // What Waymark would drop (over 64 KiB, over 1,000 entries, a bad id, path or tag) is
+      // refused here, so a backend never believes in a bump that goes nowhere.
+      const check = parseBumpMessage(message, Number.MAX_SAFE_INTEGER);
+      if (!check.ok) throw new TypeError(`bump refused: ${check.reason}`);
+      if (check.dropped > 0) throw new TypeError(`bump refused: ${("invalid" in check && check.invalid) || `${check.dropped} entries Waymark would drop`}`);
       const timeoutMs = opts.timeoutMs ?? 10_000;
       const within = <T>(work: Promise<T>) => withDeadline(work, timeoutMs, `no answer from Redis within ${timeoutMs} ms`);
       if (opts.stream) {

@@ -12,6 +12,16 @@ export interface CircuitBreakerOptions {
    * are not an outage of the API). @default 1
    */
   minCredentials?: number;
+  /**
+   * count a no-response failure only on a path that has answered before (any status): paths a
+   * session picks that never answer (they reset, or hang on an expensive query) say nothing
+   * about the API, whatever tokens it sends them with; anonymous sessions and tokens are free
+   * to make. Up to `maxAnsweredPaths` paths are remembered per origin, the oldest forgotten
+   * first. @default false
+   */
+  answeredPathsOnly?: boolean;
+  /** @default 10000 */
+  maxAnsweredPaths?: number;
   /** how long an open circuit fails fast before letting one probe request through */
   cooldownMs: number;
   /** the circuit a request belongs to */
@@ -45,13 +55,16 @@ interface Circuit {
   answers: number;
   /** a half-open circuit lets exactly one request through */
   probing: boolean;
+  /** paths that got an answer (answeredPathsOnly), oldest first */
+  answered: Set<string>;
   timer?: NodeJS.Timeout;
 }
 
 /**
  * A per-origin circuit breaker on the Fetcher seam. It counts only what shows the API itself is
  * down: a request that got no response while no other request got an answer during its lifetime
- * (the API was silent for everyone), from at least `minCredentials` different credentials. A
+ * (the API was silent for everyone), from at least `minCredentials` different credentials, and
+ * (with `answeredPathsOnly`) on a path that answered before. A
  * deterministic 5xx, an unparsable answer or one tenant's hanging paths never open it, so one
  * tenant's failures cannot make everyone's fetches fail fast; the Dispatcher retries those per
  * group instead. A request that failed before it was sent (`notSent`) counts for nothing.
@@ -75,7 +88,7 @@ export class CircuitBreakerFetcher implements Fetcher {
   async fetch(req: FetchRequest, signal?: AbortSignal): Promise<FetchResult> {
     const origin = this.opts.origin(req);
     let c = this.circuits.get(origin);
-    if (!c) this.circuits.set(origin, (c = { state: 'closed', failures: 0, credentials: new Set(), answers: 0, probing: false }));
+    if (!c) this.circuits.set(origin, (c = { state: 'closed', failures: 0, credentials: new Set(), answers: 0, probing: false, answered: new Set() }));
     if (c.state === 'open' || (c.state === 'half-open' && c.probing)) {
       this.opts.onRejected?.();
       return {
@@ -94,13 +107,35 @@ export class CircuitBreakerFetcher implements Fetcher {
     }
     if (result.notSent) return result;
     if (noResponse(result)) {
-      // Another request was answered meanwhile: the API is up, this failure is its path's own.
-      if (c.answers === answersBefore) this.failure(origin, c, result, (this.opts.credentials ?? defaultCredentials)(req));
+      if (this.opts.answeredPathsOnly && !c.answered.has(req.path)) {
+        // A path that never answered: its own failure. A probe spent on it proves nothing
+        // either, so the owner is asked for another one (a little later: no tight loop).
+        if (probe) this.reprobe(origin, c);
+      } else if (c.answers === answersBefore) {
+        // (Another request was answered meanwhile: the API is up, this failure is its path's own.)
+        this.failure(origin, c, result, (this.opts.credentials ?? defaultCredentials)(req));
+      }
     } else {
       c.answers += 1;
+      if (this.opts.answeredPathsOnly) this.remember(c, req.path);
       this.success(origin, c);
     }
     return result;
+  }
+
+  private remember(c: Circuit, path: string): void {
+    if (c.answered.has(path)) c.answered.delete(path); // to the back: the newest answer
+    else if (c.answered.size >= (this.opts.maxAnsweredPaths ?? 10_000)) c.answered.delete(c.answered.values().next().value as string);
+    c.answered.add(path);
+  }
+
+  private reprobe(origin: string, c: Circuit): void {
+    clearTimeout(c.timer);
+    c.timer = setTimeout(() => {
+      c.timer = undefined;
+      if (!this.closed && c.state === 'half-open') this.opts.onHalfOpen?.(origin);
+    }, Math.min(1000, this.opts.cooldownMs));
+    c.timer.unref();
   }
 
   private failure(origin: string, c: Circuit, r: FetchResult, credentials: unknown): void {

@@ -8,6 +8,7 @@ import type { HeldLimits, Publisher } from './publisher.js';
 import { RateLimitedLog } from '../support/rate-limited-log.js';
 import type { Bump, FetchResult, ForwardHeaders, Update, Validators } from '../protocol/types.js';
 import type { Watch, WatchRegistry } from './watch-registry.js';
+import { SHARE_CRED_PREFIX, ShareTable, shareableVary } from './shared-fetch.js';
 
 export interface DispatcherOptions {
   registry: WatchRegistry;
@@ -28,6 +29,8 @@ export interface DispatcherOptions {
   retryMaxMs?: number;
   /** a 410 ended these watches (contract 11.5): their Update was published, remove them */
   onEnded?: (watches: Watch[]) => void;
+  /** one fetch for the watches whose own answer was public (contract 12, shared-fetch.ts). @default false */
+  sharePublic?: boolean;
 }
 
 /** X-Waymark of a revalidation (contract 11.4). */
@@ -168,11 +171,17 @@ export class Dispatcher {
    * not pile up one waiter each (the component calls dispatch() for every bump).
    */
   private idle?: { promise: Promise<void>; resolve: () => void };
+  /** contract 12: groups whose own answer was public, by path and Vary; undefined when sharing is off */
+  private readonly shares?: ShareTable;
 
   constructor(private readonly opts: DispatcherOptions) {
     this.publishWarnings = new RateLimitedLog(opts.logger);
+    if (opts.sharePublic) this.shares = new ShareTable();
     // Memory follows live watches: a group, its validators and its pending retry go with its last watch.
-    opts.registry.onGroupGone((path, credKey) => this.forget(groupKey(path, credKey)));
+    opts.registry.onGroupGone((path, credKey) => {
+      this.forget(groupKey(path, credKey));
+      this.leaveShare(path, credKey);
+    });
   }
 
   /** Groups waiting for a fetch slot. */
@@ -204,8 +213,20 @@ export class Dispatcher {
   dispatch(bump: Bump): Promise<void> {
     const trigger = { reason: bump.id, bump };
     let groups = 0;
+    const shared = this.shares ? new Set<string>() : undefined;
     for (const [path, credKey, watches] of this.opts.registry.match(bump)) {
       if (![...watches].some((w) => !w.suspended)) continue;
+      const share = this.shares?.shareOf(path, credKey);
+      if (share) {
+        // one fetch for every member of the share (contract 12), scheduled once per bump
+        const key = groupKey(path, share.credKey);
+        if (!shared!.has(key)) {
+          shared!.add(key);
+          this.schedule(path, share.credKey, trigger);
+          groups += 1;
+        }
+        continue;
+      }
       this.schedule(path, credKey, trigger);
       groups += 1;
     }
@@ -223,8 +244,17 @@ export class Dispatcher {
    * A revalidation turn of one group (contract 11.4): a conditional refetch with
    * `X-Waymark: revalidate` that publishes only what changed. Skipped while the group is
    * already queued, fetching or waiting for a retry: that fetch answers the same question.
+   * A group in a public share (contract 12) revalidates the share, skipped too when the share
+   * fetched less than half of `periodMs` ago (every member's timer would otherwise refetch it).
    */
-  revalidate(path: string, credKey: string): void {
+  revalidate(path: string, credKey: string, periodMs = 0): void {
+    const share = this.shares?.shareOf(path, credKey);
+    if (share) {
+      const st = this.groups.get(groupKey(path, share.credKey))?.state;
+      if (this.closed || (st !== undefined && st !== 'idle') || performance.now() - share.fetchedAt < periodMs / 2) return;
+      this.schedule(path, share.credKey, { reason: REVALIDATE, bump: null });
+      return;
+    }
     const state = this.groups.get(groupKey(path, credKey))?.state;
     if (this.closed || (state !== undefined && state !== 'idle')) return;
     const watches = this.opts.registry.group(path, credKey);
@@ -297,6 +327,7 @@ export class Dispatcher {
     watch.lastSent = { status: result.status, bodyHash: bodyHash(result) };
     if (CREDENTIALS_REJECTED.has(result.status)) watch.suspended = true;
     this.noteTags(watch.path, watch.credKey, result);
+    this.recordShare(watch.path, watch.credKey, watch.headers, result);
     // Only for a watch still there: the session may have left while the snapshot was fetched.
     if (result.status !== GONE && this.opts.registry.group(watch.path, watch.credKey)?.has(watch)) {
       const g = this.groupOf(watch.path, watch.credKey);
@@ -567,6 +598,8 @@ export class Dispatcher {
    * bodies) are held back by the router's backpressure does the slot stay taken, bounding their memory.
    */
   private async run(g: Group, release: () => void): Promise<void> {
+    // a shared fetch keeps its slot until its publishes settle (its own path, below)
+    if (this.shares && g.credKey.startsWith(SHARE_CRED_PREFIX)) return this.runShared(g);
     g.state = 'running';
     const trigger = g.next!;
     g.next = null;
@@ -579,6 +612,7 @@ export class Dispatcher {
       const revalidate = v && watches.every((w) => w.lastSent?.bodyHash === v.bodyHash && w.lastSent.status === v.status);
       const result = await this.fetch(g.path, watches[0].headers, trigger.reason, revalidate ? v : undefined, trigger.bump?.traceparent);
       this.noteTags(g.path, g.credKey, result);
+      this.recordShare(g.path, g.credKey, watches[0].headers, result);
       const revalidation = trigger.reason === REVALIDATE;
       if (noResponse(result)) this.failed.add(g.key);
       else this.failed.delete(g.key);
@@ -620,6 +654,121 @@ export class Dispatcher {
     } else {
       g.state = 'idle';
     }
+  }
+
+  /**
+   * One fetch for a public share (contract 12, RFC 9111 3.5): with the credentials of one live
+   * member, chosen round robin per fetch so every member's credentials are asked in turn.
+   * - A shareable answer (a 200 with `public`, neither `private` nor `no-store`, the share's
+   *   Vary) goes to every member still in the share; each watch skips what it already holds.
+   * - A 304 to the share's conditional request: nothing is new for anyone.
+   * - Any other answer (401, 403, 404, no `public`, `private`, another Vary, no response) is the
+   *   chosen member's own answer and goes to it alone (suspending it on 401/403 as always); the
+   *   share dissolves and every other member is refetched with its own credentials at once, so
+   *   no watch ever receives a non-public answer made with someone else's credentials.
+   */
+  private async runShared(g: Group): Promise<void> {
+    const shares = this.shares!;
+    g.state = 'running';
+    const trigger = g.next!;
+    g.next = null;
+    const share = shares.get(g.path, g.credKey);
+    const live: Array<{ credKey: string; watches: Watch[] }> = [];
+    if (share) {
+      for (const m of [...share.members]) {
+        const set = this.opts.registry.group(g.path, m);
+        if (!set) {
+          shares.leave(g.path, m);
+          continue;
+        }
+        const watches = [...set].filter((w) => !w.suspended);
+        if (watches.length > 0) live.push({ credKey: m, watches });
+      }
+    }
+    if (share && live.length > 0) {
+      share.fetchedAt = performance.now();
+      const chosen = shares.pick(share, live.map((m) => m.credKey));
+      const headers = live.find((m) => m.credKey === chosen)!.watches[0].headers;
+      const v = g.validators;
+      const revalidate = v && live.every((m) => m.watches.every((w) => w.lastSent?.bodyHash === v.bodyHash && w.lastSent.status === v.status));
+      const result = await this.fetch(g.path, headers, trigger.reason, revalidate ? v : undefined, trigger.bump?.traceparent);
+      const revalidation = trigger.reason === REVALIDATE;
+      const vary = shareableVary(result);
+      // A member whose own answer meanwhile was not public (a snapshot of a new watch with its
+      // credentials) left the share: it gets its own fetch for this trigger, not this answer
+      // (unless it asked it: the chosen member of a dissolving share gets its own answer below).
+      const stayed = (m: { credKey: string }) => shares.shareOf(g.path, m.credKey) === share;
+      const leftMeanwhile = live.filter((m) => !stayed(m)).map((m) => m.credKey);
+      if (result.status === 304 && revalidate) {
+        for (const m of leftMeanwhile) this.schedule(g.path, m, trigger);
+        const fresh = usableValidators(result.validators);
+        if (fresh) g.validators = { ...fresh, status: 200, bodyHash: v.bodyHash };
+        this.opts.metrics.unchangedSkipped.inc(live.reduce((n, m) => n + m.watches.length, 0));
+        this.opts.metrics.sharedFetches.inc({ result: 'not_modified' });
+        if (revalidation) this.opts.metrics.revalidations.inc({ result: 'not_modified' });
+      } else if (vary !== null && vary.join(',') === share.vary.join(',')) {
+        const hash = bodyHash(result);
+        const usable = this.opts.pushUnchanged ? undefined : usableValidators(result.validators);
+        g.validators = usable ? { ...usable, status: 200, bodyHash: hash } : undefined;
+        for (const m of leftMeanwhile) this.schedule(g.path, m, trigger);
+        const members = live.filter(stayed);
+        if (members.length > 1) this.opts.metrics.deduplicated.inc(members.length - 1);
+        this.opts.metrics.sharedFetches.inc({ result: 'shared' });
+        const published = await Promise.all(members.map((m) => {
+          this.noteTags(g.path, m.credKey, result);
+          return this.deliver(this.groupOf(g.path, m.credKey), result, trigger, hash);
+        }));
+        if (revalidation) this.opts.metrics.revalidations.inc({ result: published.some((n) => n > 0) ? 'changed' : 'unchanged' });
+      } else {
+        const others = [...shares.dissolve(share), ...leftMeanwhile].filter((m) => m !== chosen);
+        this.opts.metrics.sharedFetches.inc({ result: 'ended' });
+        g.validators = undefined;
+        const own = this.groupOf(g.path, chosen);
+        this.noteTags(g.path, chosen, result);
+        // a public answer with another Vary joins the chosen member to that share
+        this.recordShare(g.path, chosen, headers, result);
+        if (noResponse(result)) this.failed.add(own.key);
+        else this.failed.delete(own.key);
+        const retryIn = this.afterResult(own, result);
+        // its own validators predate the share: a later own fetch must not revalidate with them
+        own.validators = undefined;
+        own.held = undefined;
+        for (const m of others) this.schedule(g.path, m, trigger);
+        this.opts.logger.debug('public share ended: each member fetches with its own credentials', { path: g.path, status: result.status, members: others.length + 1 });
+        const published = await this.deliver(own, result, trigger, bodyHash(result), own.failures > 1);
+        if (revalidation) this.opts.metrics.revalidations.inc({ result: shouldRetry(result) ? 'failed' : published > 0 ? 'changed' : 'unchanged' });
+        if (retryIn > 0 && own.state === 'idle' && !this.closed) {
+          own.next = trigger;
+          this.wait(own, retryIn);
+        }
+      }
+    }
+    if (this.closed) g.next = null;
+    if (!shares.get(g.path, g.credKey)) {
+      // dissolved, or its last member went
+      g.state = 'idle';
+      g.next = null;
+      this.forget(g.key);
+    } else if (g.next) {
+      this.enqueue(g);
+      this.pump();
+    } else {
+      g.state = 'idle';
+    }
+  }
+
+  /** A group's own answer joins it to a public share or takes it out (contract 12); only for a group still there. */
+  private recordShare(path: string, credKey: string, headers: Watch['headers'], result: FetchResult): void {
+    if (!this.shares || !this.opts.registry.group(path, credKey)) return;
+    const before = this.shares.shareOf(path, credKey);
+    this.shares.record(path, credKey, headers, result);
+    if (before && before.members.size === 0) this.forget(groupKey(path, before.credKey));
+  }
+
+  /** The group leaves its share; an emptied share's group goes too (unless it is fetching). */
+  private leaveShare(path: string, credKey: string): void {
+    const s = this.shares?.leave(path, credKey);
+    if (s && s.members.size === 0) this.forget(groupKey(path, s.credKey));
   }
 
   /**

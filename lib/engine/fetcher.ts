@@ -50,12 +50,24 @@ const SINGLETON_HEADERS = new Set([
   'last-modified', 'location', 'retry-after', 'access-control-allow-origin', 'access-control-max-age',
 ]);
 
-/** Retry-After as delay-seconds or an HTTP date, in ms; undefined when absent or unreadable. */
+/**
+ * RFC 9110 5.6.7 HTTP-date: IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), obsolete RFC 850
+ * (`Sunday, 06-Nov-94 08:49:37 GMT`) or asctime (`Sun Nov  6 08:49:37 1994`). Checked before
+ * Date.parse, which reads almost anything with a year in it (`soon 2030`, `-5`) as a date.
+ */
+const HTTP_DATE = /^(?:[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT|[A-Z][a-z]{5,8}, \d{2}-[A-Z][a-z]{2}-\d{2} \d{2}:\d{2}:\d{2} GMT|[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2} \d{4})$/;
+
+/**
+ * Retry-After (RFC 9110 10.2.3) as delay-seconds or an HTTP-date, in ms; undefined when absent
+ * or not one of those (a negative, fractional or garbage value is ignored, as 10.2.3 leaves it).
+ */
 export function parseRetryAfter(value: string | undefined, now = Date.now()): number | undefined {
   if (!value) return undefined;
   const v = value.trim();
   if (/^\d+$/.test(v)) return Number(v) * 1000;
-  const at = Date.parse(v);
+  if (!HTTP_DATE.test(v)) return undefined;
+  // asctime has no zone; it is GMT (5.6.7), not the local time Date.parse would assume
+  const at = Date.parse(v.endsWith('GMT') ? v : `${v} GMT`);
   return Number.isNaN(at) ? undefined : Math.max(0, at - now);
 }
 
@@ -279,6 +291,10 @@ export class UndiciFetcher implements Fetcher {
       result.validators = validators;
     }
     if (retryAfterMs !== undefined) result.retryAfterMs = retryAfterMs;
+    const cacheControl = raw['cache-control'];
+    if (cacheControl !== undefined) result.cacheControl = typeof cacheControl === 'string' ? cacheControl : cacheControl.join(', ');
+    const vary = raw.vary;
+    if (vary !== undefined) result.vary = typeof vary === 'string' ? vary : vary.join(', ');
     Object.assign(result, this.tags(raw));
     return result;
   }

@@ -1,3 +1,4 @@
+import * as zlib from 'node:zlib';
 import {
   brotliDecompress, brotliDecompressSync, gunzip, gunzipSync, inflate, inflateRaw, inflateRawSync, inflateSync, type InputType, type ZlibOptions,
 } from 'node:zlib';
@@ -286,6 +287,64 @@ function undo(coding: string, input: Buffer, maxBytes: number): Buffer | Promise
  */
 export async function decodeCodings(bytes: Buffer, codings: readonly string[], maxBytes: number): Promise<Buffer> {
   let out = bytes;
-  for (let i = codings.length - 1; i >= 0 && out.length > 0; i--) out = await undo(codings[i], out, maxBytes);
+  for (let i = codings.length - 1; i >= 0 && out.length > 0; i--) {
+    const coding = codings[i];
+    try {
+      out = await undo(coding, out, maxBytes);
+    } catch (err) {
+      if (!(err instanceof CodingError) || err.tooLarge || coding === 'br' || coding === 'deflate') throw err;
+      const members = gzipMembers(out, maxBytes);
+      if (!members) throw err;
+      out = members;
+    }
+  }
   return out;
+}
+
+/** zlib.crc32 is in Node from 20.15 / 22.2; without it a member is checked by its ISIZE alone. */
+const crc32 = (zlib as { crc32?: (data: Buffer) => number }).crc32;
+
+/**
+ * The whole gzip members at the start of `input` (RFC 1952 2.2), each checked against its
+ * footer (CRC32, ISIZE), with bytes after the last member that do not start another one ignored.
+ * Some servers append bytes to a gzipped body (a PHP script's newline after `ob_gzhandler`
+ * output); zlib's gunzip refuses them while browsers show the body (Chromium's
+ * GzipSourceStream ignores extra bytes after the footer), and deflate and br already stop at
+ * their stream's end. Undefined when the first member is not whole and valid, or when what
+ * follows a member starts another one that is not.
+ * @throws CodingError `tooLarge` when the decoded size passes `maxBytes`
+ */
+function gzipMembers(input: Buffer, maxBytes: number): Buffer | undefined {
+  const out: Buffer[] = [];
+  let size = 0;
+  let at = 0;
+  while (at < input.length) {
+    // ID1 ID2 CM=8 (deflate) FLG MTIME(4) XFL OS, then the optional fields FLG names
+    if (input[at] !== 0x1f || input[at + 1] !== 0x8b) break; // not another member: the extra bytes
+    if (input.length - at < 18 || input[at + 2] !== 8) return undefined;
+    const flg = input[at + 3];
+    let p = at + 10;
+    if (flg & 4) p = p + 2 <= input.length ? p + 2 + input.readUInt16LE(p) : input.length + 1; // FEXTRA
+    if (flg & 8) p = p < input.length ? input.indexOf(0, p) + 1 || input.length + 1 : p; // FNAME
+    if (flg & 16) p = p < input.length ? input.indexOf(0, p) + 1 || input.length + 1 : p; // FCOMMENT
+    if (flg & 2) p += 2; // FHCRC
+    if (p >= input.length) return undefined;
+    let member: { buffer: Buffer; engine: { bytesWritten: number } };
+    try {
+      member = inflateRawSync(input.subarray(p), { info: true, maxOutputLength: Math.max(1, maxBytes - size) }) as unknown as typeof member;
+    } catch (err) {
+      if ((err as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE') throw new CodingError(true, `the decoded body is over ${maxBytes} bytes`);
+      return undefined;
+    }
+    const footer = p + member.engine.bytesWritten;
+    if (footer + 8 > input.length) return undefined;
+    const data = member.buffer;
+    if (input.readUInt32LE(footer + 4) !== data.length % 2 ** 32) return undefined;
+    if (crc32 && input.readUInt32LE(footer) !== crc32(data) >>> 0) return undefined;
+    size += data.length;
+    if (size > maxBytes) throw new CodingError(true, `the decoded body is over ${maxBytes} bytes`);
+    out.push(data);
+    at = footer + 8;
+  }
+  return out.length > 0 ? Buffer.concat(out) : undefined;
 }

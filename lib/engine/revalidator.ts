@@ -8,8 +8,8 @@ export interface RevalidatingWatch {
 }
 
 export interface RevalidatorOptions {
-  /** a group is due: refetch it conditionally (the dispatcher's `revalidate`) */
-  onDue(path: string, credKey: string): void;
+  /** a group is due: refetch it conditionally (the dispatcher's `revalidate`); `periodMs` is its current period */
+  onDue(path: string, credKey: string, periodMs: number): void;
   /** [0, 1); for specs. @default Math.random */
   random?: () => number;
 }
@@ -143,7 +143,7 @@ export class Revalidator {
     while (turns-- > 0 && this.heap.length > 0 && this.heap[0].due <= now) {
       const e = this.heap[0];
       this.move(e, now + this.jittered(e.period));
-      this.opts.onDue(e.path, e.credKey);
+      this.opts.onDue(e.path, e.credKey, e.period);
     }
     this.arm();
   }

@@ -57,6 +57,11 @@ export interface WaymarkConfig {
   responseHeaders: readonly string[];
   /** @default false (WAYMARK_PUSH_UNCHANGED) */
   pushUnchanged: boolean;
+  /**
+   * one fetch per bump or revalidation for the watches of a path whose own latest answer was a
+   * 200 with `Cache-Control: public` (contract 12, RFC 9111 3.5). @default true (WAYMARK_SHARE_PUBLIC)
+   */
+  sharePublic: boolean;
   /** @default 100 (WAYMARK_MAX_WATCHES_PER_SESSION) */
   maxWatchesPerSession: number;
   /** @default 2048 (WAYMARK_MAX_PATH_BYTES) */
@@ -119,6 +124,7 @@ export const DEFAULTS = {
     'content-type', 'etag', 'last-modified', 'cache-control', 'content-language', 'link', 'vary', 'location',
   ],
   pushUnchanged: false,
+  sharePublic: true,
   maxWatchesPerSession: 100,
   maxPathBytes: 2048,
   maxHeaderBytes: 8192,
@@ -387,6 +393,7 @@ export function loadConfig(env: Env): WaymarkConfig {
     forwardHeaders,
     responseHeaders,
     pushUnchanged: bool('WAYMARK_PUSH_UNCHANGED', DEFAULTS.pushUnchanged),
+    sharePublic: bool('WAYMARK_SHARE_PUBLIC', DEFAULTS.sharePublic),
     maxWatchesPerSession: int('WAYMARK_MAX_WATCHES_PER_SESSION', DEFAULTS.maxWatchesPerSession, 1),
     maxPathBytes: int('WAYMARK_MAX_PATH_BYTES', DEFAULTS.maxPathBytes, 16, 65536),
     maxHeaderBytes: int('WAYMARK_MAX_HEADER_BYTES', DEFAULTS.maxHeaderBytes, 64, 1048576),

@@ -63,6 +63,9 @@ export interface FetchResult {
   tags?: string[];
   /** internal: tags over the per-response cap or malformed, dropped */
   tagsDropped?: number;
+  /** internal: the response's Cache-Control and Vary (lines joined by ", "), whatever the allowlist: they decide sharing (contract 12) */
+  cacheControl?: string;
+  vary?: string;
   /**
    * internal: the request failed before anything was sent (a local error such as a header value
    * undici refuses); it says nothing about the API, so the breaker ignores it and it is not retried

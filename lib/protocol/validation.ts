@@ -31,12 +31,20 @@ function decodeOnce(s: string): string {
 
 function badSegment(seg: string): boolean {
   if (seg.includes('/') || seg.includes('\\') || /[\x00-\x1f\x7f]/.test(seg) || NON_STANDARD_ESCAPE.test(seg)) return true;
+  // Unicode compatibility forms (fullwidth `．` and `／`, `‥`) become `.`, `..` and `/` in a
+  // server or framework that applies NFKC (Python's unicodedata, ASP.NET, some WAFs).
+  // eslint-disable-next-line no-control-regex
+  if (/[^\x00-\x7f]/.test(seg)) {
+    const nfkc = seg.normalize('NFKC');
+    if (nfkc !== seg && badSegment(nfkc.replace(/[^\x00-\x7f]/g, 'x'))) return true;
+  }
   // The segment name as Tomcat, Jetty, Spring and IIS route it: path parameters (`;...`, RFC
-  // 3986 3.3) removed, and what a decoded `?` or `#` would cut off; trailing spaces removed
-  // (Windows file names).
+  // 3986 3.3) removed, and what a decoded `?` or `#` would cut off; trailing dots and spaces
+  // removed (Windows file names: `.. .` and `...` name the same as `..` or the folder itself).
   const name = seg.split(';')[0];
-  const trimmed = name.split(/[?#]/)[0].replace(/ +$/, '');
-  return trimmed === '.' || trimmed === '..' || (name === '' && seg !== '');
+  const routed = name.split(/[?#]/)[0];
+  const trimmed = routed.replace(/[. ]+$/, '');
+  return (name === '' && seg !== '') || (routed !== '' && trimmed === '');
 }
 
 /**

@@ -51,6 +51,9 @@ export class Metrics {
   readonly revalidations = new Counter({
     name: 'waymark_revalidations_total', help: 'Revalidation requests by result: not_modified (304), unchanged, changed (published), failed', labelNames: ['result'], registers: [this.registry],
   });
+  readonly sharedFetches = new Counter({
+    name: 'waymark_shared_fetches_total', help: 'Fetches made once for every watch of a public share (contract 12) by result: shared (served every member), not_modified (304), ended (not shareable: only the asking member got it, the others refetched on their own)', labelNames: ['result'], registers: [this.registry],
+  });
   readonly revalidatingGroups = new Gauge({ name: 'waymark_revalidating_groups', help: 'Path and credential groups with a revalidation timer', registers: [this.registry] });
   readonly peers = new Gauge({ name: 'waymark_peer_instances', help: 'Other instances of this service known to be joined', registers: [this.registry] });
 
@@ -60,6 +63,7 @@ export class Metrics {
     for (const c of ['2xx', '3xx', '4xx', '5xx', 'error']) this.fetches.inc({ class: c }, 0);
     for (const f of ['path', 'prefix', 'tag']) this.bumpForms.inc({ form: f }, 0);
     for (const r of ['not_modified', 'unchanged', 'changed', 'failed']) this.revalidations.inc({ result: r }, 0);
+    for (const r of ['shared', 'not_modified', 'ended']) this.sharedFetches.inc({ result: r }, 0);
     // process CPU, heap and event-loop lag, as waymark_process_* / waymark_nodejs_*
     collectDefaultMetrics({ register: this.registry, prefix: 'waymark_' });
   }

@@ -109,6 +109,9 @@ export class Waymark {
         failures: config.breakerFailures,
         // one tenant's failing paths are not an outage: it takes two credentials' failures
         minCredentials: 2,
+        // and only on paths that answered before: a session's own paths that never answer,
+        // with as many tokens as it likes, cannot open it for everyone
+        answeredPathsOnly: true,
         cooldownMs: config.breakerCooldownMs,
         origin: () => apiOrigin,
         logger: this.logger.child({ module: 'breaker' }),
@@ -145,10 +148,11 @@ export class Waymark {
       logger: this.logger.child({ module: 'dispatcher' }),
       concurrency: config.fetchConcurrency,
       pushUnchanged: config.pushUnchanged,
+      sharePublic: config.sharePublic,
       metrics: this.metrics,
       onEnded: (watches) => this.ended(watches),
     });
-    this.revalidator = new Revalidator({ onDue: (path, credKey) => this.dispatcher.revalidate(path, credKey) });
+    this.revalidator = new Revalidator({ onDue: (path, credKey, periodMs) => this.dispatcher.revalidate(path, credKey, periodMs) });
     this.registry.observe(this.revalidator);
     if (config.bumpSecret) {
       this.bumpEndpoint = new BumpEndpoint({
@@ -221,7 +225,7 @@ export class Waymark {
     try {
       await this.admin?.start();
     } catch (err) {
-      throw new ConfigError('WAYMARK_ADMIN_PORT', `cannot listen on ${this.config.adminHost}:${this.config.adminPort} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+      throw new ConfigError('WAYMARK_ADMIN_PORT', `cannot listen on ${this.config.adminHost}:${this.config.adminPort} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); set WAYMARK_ADMIN_PORT to a free port, or 0 to turn the admin port off`);
     }
     this.logger.info('connecting to redis', {
       mode: redisMode(this.config),
