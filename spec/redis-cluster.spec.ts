@@ -200,7 +200,12 @@ describe('Redis Cluster', function () {
         for (let i = 0; i < n; i += 1) p.publish(channel, `/users/${i}`);
         await p.exec();
       });
-      const after = await snapshot();
+      // the bus delivers to the other nodes after the publisher has answered: wait (bounded) until it has
+      let after = await snapshot();
+      for (let t = 0; t < 40 && after.some((a, i) => i !== 1 && a.publishIn - before[i].publishIn < n); t += 1) {
+        await new Promise((r) => setTimeout(r, 50));
+        after = await snapshot();
+      }
       return after.map((a, i) => ({
         node: i === 1 ? `${a.role} (publisher's)` : a.role,
         busIn: a.publishIn - before[i].publishIn,
@@ -221,7 +226,11 @@ describe('Redis Cluster', function () {
         for (let i = 0; i < n; i += 1) p.call('SPUBLISH', `{${channel}}`, `/users/${i}`);
         await p.exec();
       });
-      const after = await snapshot();
+      let after = await snapshot();
+      for (let t = 0; t < 40 && !after.some((a, i) => a.shardIn - before[i].shardIn >= n); t += 1) {
+        await new Promise((r) => setTimeout(r, 50));
+        after = await snapshot();
+      }
       return after.map((a, i) => ({ port: cluster.nodes[i].port, role: a.role, busIn: a.shardIn - before[i].shardIn, cpuMs: Math.round(a.cpuMs - before[i].cpuMs) }));
     })();
     console.log(`      ${n} SPUBLISH on the shard's master, per node: ${sharded.map((x) => `${x.port === shardMaster.port ? 'master (publisher\'s)' : x.role} in ${x.busIn} bus msgs, ${x.cpuMs} ms CPU`).join('; ')}`);
