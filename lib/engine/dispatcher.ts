@@ -639,9 +639,14 @@ export class Dispatcher {
       release();
       await delivered;
     }
+    // (gone: its last watch went while it fetched)
+    this.afterRun(g, !this.opts.registry.group(g.path, g.credKey), retryIn, trigger);
+  }
+
+  /** A group's fetch is done: forget it when gone, else run the bump that came meanwhile, wait to retry, or idle. */
+  private afterRun(g: Group, gone: boolean, retryIn: number, trigger: Trigger): void {
     if (this.closed) g.next = null; // a bump that came while fetching: too late now
-    if (!this.opts.registry.group(g.path, g.credKey)) {
-      // its last watch went while it fetched
+    if (gone) {
       g.state = 'idle';
       g.next = null;
       this.forget(g.key);
@@ -743,18 +748,8 @@ export class Dispatcher {
         }
       }
     }
-    if (this.closed) g.next = null;
-    if (!shares.get(g.path, g.credKey)) {
-      // dissolved, or its last member went
-      g.state = 'idle';
-      g.next = null;
-      this.forget(g.key);
-    } else if (g.next) {
-      this.enqueue(g);
-      this.pump();
-    } else {
-      g.state = 'idle';
-    }
+    // (gone: dissolved, or its last member went; a share's own retries are its members')
+    this.afterRun(g, !shares.get(g.path, g.credKey), 0, trigger);
   }
 
   /** A group's own answer joins it to a public share or takes it out (contract 12); only for a group still there. */
