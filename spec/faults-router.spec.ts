@@ -132,6 +132,25 @@ describe('faults: the router link', function () {
     expect(JSON.parse(late.client.updates[0].body)).to.include({ version: 2, path: '/r/new' });
   });
 
+  it('a snapshot whose answer is lost with the link counts as not delivered: the refetch after the rejoin pushes it', async function () {
+    // a slow snapshot, so the link can drop while it is fetched
+    api.handler = (req, res) => setTimeout(() => handler(req, res), req.headers['x-waymark'] === 'snapshot' ? 400 : 0);
+    await startBehindProxy();
+    const [c] = [await pool.open()];
+    const token = `tok-snap-${c.id}`;
+    const call = c.call<WatchResult>(PROC_WATCH, ['/snap', { token, snapshot: true }]).then(() => 'answered', (err: { error?: string }) => err.error ?? 'failed');
+    await sleep(150);
+    const t0 = Date.now();
+    proxy.cut(); // the call is in flight; the caller never gets its snapshot
+    expect(await Promise.race([call, sleep(10_000).then(() => 'no answer')])).not.to.equal('answered');
+    await waitFor('the rejoin', () => wm!.waymark.ready, 15_000);
+    // nothing changed in the API: only the lost snapshot makes the refetch worth pushing
+    await waitFor('the refetch after the rejoin pushes the watch its state', () => c.updates.some((u) => u.path === '/snap'), 5_000);
+    const u = c.updates.find((x) => x.path === '/snap')!;
+    expect(JSON.parse(u.body)).to.include({ version: 1, token });
+    console.log(`      fault: router-cut-during-snapshot lost=0 converge_ms=${Date.now() - t0}`);
+  });
+
   it('blackhole: the ping notices a silent router, reconnects through a stuck handshake, and converges', async function () {
     await startBehindProxy({ WAYMARK_ROUTER_PING_MS: '500' });
     const ws = await watchers(10, paths); // 50 watches

@@ -444,10 +444,16 @@ export class Waymark {
       ...(adopted ? { adopted } : {}),
     });
     const result: WatchResult = { watch: watch.id, path, topic: sessionTopic(session) };
-    if (snapshot) result.snapshot = await this.dispatcher.snapshot(watch);
+    const answering = this.session;
+    if (snapshot) {
+      result.snapshot = await this.dispatcher.snapshot(watch);
+      // The link this call came on is gone: the answer, snapshot included, never reaches the
+      // caller. Not counted as delivered, so the refetch after the rejoin pushes it.
+      if (this.session !== answering || !answering?.isOpen) watch.lastSent = undefined;
+    }
     // A resumed watch, or one adopted from another instance, may have missed changes: catch up once.
     // So does one on an error whose retry went with its old credentials.
-    else if (resumed || adopted || (credentialsChanged && this.dispatcher.lastFailed(watch))) void this.dispatcher.refetch(watch, 'refresh');
+    if (!snapshot && (resumed || adopted || (credentialsChanged && this.dispatcher.lastFailed(watch)))) void this.dispatcher.refetch(watch, 'refresh');
     return result;
   }
 
