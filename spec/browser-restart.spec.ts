@@ -222,7 +222,8 @@ describe('router restart and Waymark kill in the browser (headless Chromium)', f
     return cli.run(['serve'], cleanEnv({ ...componentEnv(channel, upstream.url), WAYMARK_ROUTER_URL: router.url, WAYMARK_ADMIN_PORT: '0' }));
   }
 
-  it('kill -9 of Waymark: the router and tabs stay; the new process makes every watch catch up', async function () {
+  /** A `waymark serve` on a new channel with the watches open, then killed (-9); its channel. */
+  async function servedThenKilled(): Promise<string> {
     const channel = randomChannel();
     redis = new Redis(testEnv.redisUrl);
     const first = serve(channel);
@@ -230,6 +231,11 @@ describe('router restart and Waymark kill in the browser (headless Chromium)', f
     await openTabs();
     first.kill('SIGKILL');
     await first.exited;
+    return channel;
+  }
+
+  it('kill -9 of Waymark: the router and tabs stay; the new process makes every watch catch up', async function () {
+    const channel = await servedThenKilled();
     await changeMeanwhile((m) => redis!.publish(channel, m));
     const t0 = Date.now();
     const second = serve(channel);
@@ -238,13 +244,7 @@ describe('router restart and Waymark kill in the browser (headless Chromium)', f
   });
 
   it('kill -9 of Waymark while the tabs\' connections drop: refused until it is back, then every watch catches up', async function () {
-    const channel = randomChannel();
-    redis = new Redis(testEnv.redisUrl);
-    const first = serve(channel);
-    await first.waitForOutput(/waymark running/, 'stderr', 20_000);
-    await openTabs();
-    first.kill('SIGKILL');
-    await first.exited;
+    const channel = await servedThenKilled();
     const cut = Date.now();
     bProxy.cut();
     await waitFor('every tab back and refused', async () => (await refusedSince(cut)) === TABS, 10_000);

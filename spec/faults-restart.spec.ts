@@ -171,7 +171,8 @@ describe('faults: router restart and Waymark kill (waymark/client)', function ()
     return p;
   }
 
-  it('kill -9 of Waymark: the router and browsers stay; the new process makes every watch catch up', async function () {
+  /** A `waymark serve` on a new channel with the watches open, then killed (-9); its channel. */
+  async function servedThenKilled(): Promise<string> {
     const channel = randomChannel();
     redis = new Redis(testEnv.redisUrl);
     const first = serve(channel);
@@ -179,6 +180,11 @@ describe('faults: router restart and Waymark kill (waymark/client)', function ()
     await openTabs();
     first.kill('SIGKILL');
     await first.exited;
+    return channel;
+  }
+
+  it('kill -9 of Waymark: the router and browsers stay; the new process makes every watch catch up', async function () {
+    const channel = await servedThenKilled();
     await changeMeanwhile((m) => redis!.publish(channel, m));
     const t0 = Date.now();
     const second = serve(channel);
@@ -187,13 +193,7 @@ describe('faults: router restart and Waymark kill (waymark/client)', function ()
   });
 
   it('kill -9 of Waymark while the browsers\' connections drop: refused until it is back, then every watch catches up', async function () {
-    const channel = randomChannel();
-    redis = new Redis(testEnv.redisUrl);
-    const first = serve(channel);
-    await first.waitForOutput(/waymark running/, 'stderr', 20_000);
-    await openTabs();
-    first.kill('SIGKILL');
-    await first.exited;
+    const channel = await servedThenKilled();
     const cut = Date.now();
     bProxy.cut(); // a network blip of the browsers: new sessions, while no authorizer is registered
     await waitFor('every browser back and refused', () => refusedSince(cut) === SESSIONS, 10_000);
