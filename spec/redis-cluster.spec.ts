@@ -5,7 +5,7 @@ import { KEYS_TOUCHED_TOGETHER, RedisWatchIndex } from '../lib/cluster/watch-ind
 import { loadConfig } from '../lib/protocol/config.js';
 import { ERROR_URIS, PROC_WATCH } from '../lib/protocol/uris.js';
 import { runDoctor } from '../lib/ops/doctor.js';
-import { converge, VersionedApi, watchAll } from './helpers/convergence.js';
+import { converge, keepBumping, VersionedApi, watchAll } from './helpers/convergence.js';
 import { componentEnv, randomChannel, sleep, waitFor } from './helpers/env.js';
 import { startWaymark, type Harness } from './helpers/harness.js';
 import { onNode, redisServerAvailable, startRedisCluster, type RedisClusterSet, type RedisNode } from './helpers/redis-cluster.js';
@@ -252,41 +252,21 @@ describe('Redis Cluster', function () {
     await check?.();
     expect(await onNode(victim.port, (r) => r.info('replication'))).to.match(/role:master[\s\S]*connected_slaves:1/);
     const bumper = createBumper({ redisUrl, redisClusterNodes: cluster.seeds, ...bump });
-    let version = 1;
-    let failedPublishes = 0;
-    let bumping = true;
-    const publishing = (async () => {
-      while (bumping) {
-        version += 1;
-        for (const p of paths) versions.set(p, version);
-        for (let attempt = 0; attempt < 100; attempt += 1) {
-          try {
-            await bumper.bump(paths);
-            break;
-          } catch {
-            failedPublishes += 1;
-            await sleep(50);
-          }
-        }
-        await sleep(100);
-      }
-    })();
+    const backend = keepBumping(bumper, versions, paths);
     try {
       await sleep(300);
       const killedAt = Date.now();
       await cluster.kill(victim);
       await waitFor('a replica promoted and the cluster ok again', () => cluster.healthy(), 15_000);
       const recovered = Date.now();
-      bumping = false;
-      await publishing;
-      console.log(`      failover took ${recovered - killedAt} ms; bumps published ${version - 1}, publish attempts that failed and were retried ${failedPublishes}`);
+      const { published, failedPublishes } = await backend.stop();
+      console.log(`      failover took ${recovered - killedAt} ms; bumps published ${published}, publish attempts that failed and were retried ${failedPublishes}`);
       const r = await converge(name, watchers, (w) => ({ status: 200, body: versions.body(w.path, w.token) }), recovered);
       expect(r.lost).to.equal(0);
       // both lost their connection with the node, came back and refetched
       for (const h of instances) expect(h.logs.join(''), 'refetched after the failover').to.include('redis bumps flowing again').and.include('bumps may have been lost');
     } finally {
-      bumping = false;
-      await publishing;
+      await backend.stop();
       await bumper.close();
     }
   }

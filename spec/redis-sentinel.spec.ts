@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { createBumper } from '../lib/bumps/bumper.js';
 import { loadConfig } from '../lib/protocol/config.js';
 import { runDoctor } from '../lib/ops/doctor.js';
-import { converge, VersionedApi, watchAll } from './helpers/convergence.js';
+import { converge, keepBumping, VersionedApi, watchAll } from './helpers/convergence.js';
 import { componentEnv, randomChannel, sleep, waitFor } from './helpers/env.js';
 import { startWaymark, type Harness } from './helpers/harness.js';
 import { onNode, redisServerAvailable, startSentinelSet, type SentinelSet } from './helpers/redis-cluster.js';
@@ -90,26 +90,7 @@ describe('Redis Sentinel', function () {
     const old = set.master;
     expect(await set.currentMasterPort()).to.equal(old.port);
     const bumper = createBumper({ redisUrl, redisSentinels: set.addresses, redisSentinelName: set.name, channel });
-    let version = 1;
-    let failedPublishes = 0;
-    let bumping = true;
-    const publishing = (async () => {
-      while (bumping) {
-        version += 1;
-        for (const p of paths) versions.set(p, version);
-        // a backend retries a bump that failed; bounded
-        for (let attempt = 0; attempt < 100; attempt += 1) {
-          try {
-            await bumper.bump(paths);
-            break;
-          } catch {
-            failedPublishes += 1;
-            await sleep(50);
-          }
-        }
-        await sleep(100);
-      }
-    })();
+    const backend = keepBumping(bumper, versions, paths);
     try {
       await sleep(300);
       const killedAt = Date.now();
@@ -119,15 +100,13 @@ describe('Redis Sentinel', function () {
       await waitFor('the sentinels name the replica master', async () => (await set.currentMasterPort().catch(() => old.port)) === set.replica.port, 15_000);
       await waitFor('the replica answers as master', () => onNode(set.replica.port, async (r) => /role:master/.test(await r.info('replication'))).catch(() => false), 5_000);
       const recovered = Date.now();
-      bumping = false;
-      await publishing;
-      console.log(`      failover took ${recovered - killedAt} ms; bumps published ${version - 1}, publish attempts that failed and were retried ${failedPublishes}`);
+      const { published, failedPublishes } = await backend.stop();
+      console.log(`      failover took ${recovered - killedAt} ms; bumps published ${published}, publish attempts that failed and were retried ${failedPublishes}`);
       const r = await converge('sentinel-failover', watchers, (w) => ({ status: 200, body: versions.body(w.path, w.token) }), recovered);
       expect(r.lost).to.equal(0);
       for (const h of instances) expect(h.logs.join(''), 'resubscribed and refetched').to.include('redis bumps flowing again').and.include('bumps may have been lost');
     } finally {
-      bumping = false;
-      await publishing;
+      await backend.stop();
       await bumper.close();
     }
   });

@@ -121,3 +121,39 @@ export async function convergeBy(
   console.log(`      fault: ${name} lost=${result.lost} converge_ms=${result.convergeMs}`);
   return result;
 }
+
+/**
+ * A backend bumping `paths` every 100 ms, each bump a new version of every path in `api`, retrying
+ * a failed publish (bounded: 100 tries, 50 ms apart) as a backend would during a failover.
+ * `stop()` resolves once the loop has ended, with what it did.
+ */
+export function keepBumping(bumper: { bump(paths: string[]): Promise<unknown> }, api: VersionedApi, paths: string[]): {
+  stop(): Promise<{ published: number; failedPublishes: number }>;
+} {
+  let version = 1;
+  let failedPublishes = 0;
+  let bumping = true;
+  const loop = (async () => {
+    while (bumping) {
+      version += 1;
+      for (const p of paths) api.set(p, version);
+      for (let attempt = 0; attempt < 100; attempt += 1) {
+        try {
+          await bumper.bump(paths);
+          break;
+        } catch {
+          failedPublishes += 1;
+          await sleep(50);
+        }
+      }
+      await sleep(100);
+    }
+  })();
+  return {
+    async stop() {
+      bumping = false;
+      await loop;
+      return { published: version - 1, failedPublishes };
+    },
+  };
+}
